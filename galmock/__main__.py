@@ -1,0 +1,5 @@
+import sys
+
+from galmock.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""The ``galmock`` command line: parses arguments and calls one stage function per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from galmock import __version__
+from galmock.errors import GalmockError, NotImplementedStageError
+
+EXIT_ERROR = 1
+EXIT_NOT_IMPLEMENTED = 3
+
+STAGE_HELP = {
+    "ingest": "read the galaxy source into <run>/particles.zarr (centred, aligned, validated)",
+    "plan": "split the galaxy into regions; writes <run>/plan.json and prints a summary",
+    "train": "train the flows of every region into <run>/models/",
+    "upsample": "sample stars from the region flows into <run>/stars.zarr",
+    "convert": "convert stars to Gaia-frame ICRS catalogs (<run>/catalog.zarr, catalog.hats/)",
+    "validate": "compare upsamplers with classifier tests; writes <run>/report/",
+    "run": "run the stages in order (ingest, plan, train, upsample, convert, validate)",
+    "submit": "render the Slurm scripts and submit the stage chain with sbatch",
+    "status": "show each stage's Slurm state and progress",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from galmock.run import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="galmock",
+        description="Upsample a simulated galaxy into Gaia-like mock star catalogs.",
+    )
+    parser.add_argument("--version", action="version", version=f"galmock {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("job", metavar="JOB", help="job file (YAML), e.g. jobs/demo.yaml")
+        p.add_argument("--output", metavar="DIR", help="run directory (overrides 'output')")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            metavar="KEY.PATH=VALUE",
+            action="append",
+            default=[],
+            help="override a job key, e.g. --set galaxy.demo.n_particles=20000 (repeatable)",
+        )
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name == "run":
+            p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0])
+            p.add_argument("--until", dest="last", choices=STAGES, default=STAGES[-1])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from galmock.config import load_job
+    from galmock.run import STAGES, run_pipeline, run_stage
+
+    try:
+        job = load_job(args.job, overrides=args.overrides, output=args.output)
+        if args.command in STAGES:
+            run_stage(job, args.command)
+        elif args.command == "run":
+            run_pipeline(job, args.first, args.last)
+        else:
+            raise NotImplementedStageError(f"'{args.command}' is not implemented yet")
+    except NotImplementedStageError as err:
+        print(f"galmock {args.command}: {err}", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    except GalmockError as err:
+        print(f"galmock {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

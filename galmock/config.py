@@ -1,0 +1,362 @@
+"""Job configuration: one typed model per section, loaded from YAML over ``defaults.yaml``.
+
+Every default lives in ``galmock/defaults.yaml``; the models here carry only types and
+constraints. A job file overrides any subset of the defaults, ``--set key.path=value`` overrides
+the file, and the merged result is validated in one go: an unknown key, a wrong type or a bad
+value raises :class:`ConfigError` naming the file, the key path, the value and the line.
+
+Example:
+    >>> job = load_job("jobs/demo.yaml", overrides=["galaxy.demo.n_particles=1000"])
+    >>> job.galaxy.demo.n_particles
+    1000
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import astropy.units as u
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from galmock.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Vector3 = tuple[float, float, float]
+
+PARTICLE_FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "age", "feh", "ofe", "id")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors and values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class DemoConfig(Section):
+    n_particles: PositiveInt
+    components: dict[
+        Literal["thin_disk", "thick_disk", "bulge", "stellar_halo", "satellite"], NonNegativeFloat
+    ]
+
+    @field_validator("components")
+    @classmethod
+    def _some_mass(cls, value: dict[str, float]) -> dict[str, float]:
+        if sum(value.values()) <= 0:
+            raise ValueError("component fractions must not all be zero")
+        return value
+
+
+class GadgetConfig(Section):
+    particle_type: str
+    cosmological: bool | None
+
+
+class UnitsConfig(Section):
+    length: str | None
+    velocity: str | None
+    mass: str | None
+    age: str | None
+
+    @field_validator("length", "velocity", "mass", "age")
+    @classmethod
+    def _astropy_unit(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        expected = {"length": u.kpc, "velocity": u.km / u.s, "mass": u.Msun, "age": u.Gyr}
+        try:
+            unit = u.Unit(value)
+        except ValueError as err:
+            raise ValueError(f"unknown unit {value!r}") from err
+        if not unit.is_equivalent(expected[info.field_name]):
+            raise ValueError(f"unit {value!r} is not a {info.field_name} unit")
+        return value
+
+
+class GalaxyConfig(Section):
+    source: Literal["demo", "gadget", "table", "pynbody"]
+    path: str | None
+    demo: DemoConfig
+    gadget: GadgetConfig
+    columns: dict[Literal[PARTICLE_FIELDS], str]  # type: ignore[valid-type]
+    units: UnitsConfig
+    centre: Literal["auto"] | Vector3
+    centre_velocity: Literal["auto"] | Vector3
+    align_disk: bool | None
+    align_radius_kpc: PositiveFloat
+    rotate_z_deg: float
+    select_radius_kpc: PositiveFloat | None
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("path must not be empty")
+        return value
+
+
+class ObserverConfig(Section):
+    galcen_distance_kpc: PositiveFloat
+    z_sun_kpc: float
+    galcen_v_sun_kms: Vector3
+    roll_deg: float
+
+    @property
+    def sun_position_kpc(self) -> tuple[float, float, float]:
+        """The Sun in galactocentric Cartesian kpc, as astropy's Galactocentric places it."""
+        x = -math.sqrt(self.galcen_distance_kpc**2 - self.z_sun_kpc**2)
+        return (x, 0.0, self.z_sun_kpc)
+
+
+class PlanConfig(Section):
+    kind: Literal["kdtree", "sphere"]
+    target_particles: Annotated[int, Field(ge=2)]
+    margin_kpc: NonNegativeFloat
+    centre: Literal["sun"] | Vector3
+    radius_kpc: PositiveFloat
+    holdout_fraction: Annotated[float, Field(ge=0, lt=1)]
+
+
+class FlowsConfig(Section):
+    kind: Literal["cnf", "maf", "nsf"]
+    hidden_features: PositiveInt
+    hidden_layers: PositiveInt
+    activation: Literal["gelu", "relu", "elu", "silu", "tanh"]
+    rk4_steps: PositiveInt
+    radial_c: Annotated[float, Field(gt=1)]
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)]
+    batches_per_epoch: PositiveInt
+    learning_rate: PositiveFloat
+    finetune_learning_rate: PositiveFloat
+    patience_epochs: PositiveInt
+    max_epochs: PositiveInt
+    ensemble_size: PositiveInt
+    checkpoint_every_epochs: PositiveInt
+    device: str
+    load: str | None
+
+
+class UpsampleConfig(Section):
+    mode: Literal["imf", "fixed"]
+    imf: Literal["kroupa2001"]
+    mass_min_msun: PositiveFloat
+    mass_max_msun: PositiveFloat
+    sampling_fraction: Annotated[float, Field(gt=0, le=1)]
+    stars_per_particle: PositiveFloat
+    properties: Literal["parent", "flow"]
+    chunk_rows: PositiveInt
+    compressor: Literal["blosc-lz4", "zstd", "none"]
+
+
+class ConvertConfig(Section):
+    cluster: Literal["local", "slurm", "mpi"]
+    n_workers: PositiveInt
+    threads_per_worker: PositiveInt
+    memory_per_worker: str
+    hats: bool
+    hats_partition_rows: PositiveInt
+    selections: list[str]
+
+
+class ValidateConfig(Section):
+    upsamplers: list[str]
+    oversample: PositiveFloat
+    classifier_hidden: list[PositiveInt]
+    classifier_patience_epochs: PositiveInt
+    classifier_learning_rate: PositiveFloat
+
+
+class SlurmConfig(Section):
+    partition: str | None
+    account: str | None
+    qos: str | None
+    time: str
+    nodes: PositiveInt
+    tasks_per_node: PositiveInt
+    gpus_per_node: Annotated[int, Field(ge=0)]
+    cpus_per_task: PositiveInt
+    memory: str | None
+    mpi_launcher: str
+    setup: list[str]
+    extra_directives: list[str]
+
+
+class JobConfig(Section):
+    """A whole production run."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: Annotated[int, Field(ge=0, lt=2**63)]
+    output: str | None
+    galaxy: GalaxyConfig
+    observer: ObserverConfig
+    plan: PlanConfig
+    flows: FlowsConfig
+    upsample: UpsampleConfig
+    convert: ConvertConfig
+    validation: Annotated[ValidateConfig, Field(alias="validate")]
+    slurm: SlurmConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (``output``, else ``runs/<name>``), absolute."""
+        return Path(self.output or f"runs/{self.name}").expanduser().resolve()
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML, loadable again with :func:`load_job`."""
+        data = self.model_dump(mode="json", by_alias=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def default_config() -> dict[str, Any]:
+    """The defaults as a plain nested dict (a fresh copy)."""
+    text = resources.files("galmock").joinpath("defaults.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_job(
+    path: str | Path,
+    overrides: Iterable[str] = (),
+    output: str | Path | None = None,
+) -> JobConfig:
+    """Load and validate a job file, applying ``key.path=value`` overrides and ``output``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read job file: {err.strerror or err}") from err
+    try:
+        user = yaml.safe_load(text)
+        lines = _line_numbers(yaml.compose(text))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if user is None:
+        user = {}
+    if not isinstance(user, Mapping):
+        kind = type(user).__name__
+        raise ConfigError(f"{path}: a job file must be a mapping of keys, got {kind}")
+    data = _merge(default_config(), user)
+    origins: dict[tuple[str, ...], str] = {}
+    for item in overrides:
+        key_path, value = _parse_override(path, item)
+        _set_path(path, data, key_path, value)
+        origins[key_path] = f"--set {item}"
+    if output is not None:
+        data["output"] = str(output)
+        origins[("output",)] = "--output"
+    return validate_job(data, path, lines, origins)
+
+
+def validate_job(
+    data: Mapping[str, Any],
+    path: str | Path = "<job>",
+    lines: Mapping[tuple[str, ...], int] | None = None,
+    origins: Mapping[tuple[str, ...], str] | None = None,
+) -> JobConfig:
+    """Validate a merged job dict; errors name ``path``, key paths, values and lines."""
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e, lines or {}, origins or {}) for e in err.errors()]
+        problems = list(dict.fromkeys(problems))  # a short tuple reports each missing item
+        listing = "\n  ".join(problems)
+        raise ConfigError(f"{path}: invalid job configuration:\n  {listing}") from None
+
+
+def _describe(
+    error: Mapping[str, Any],
+    lines: Mapping[tuple[str, ...], int],
+    origins: Mapping[tuple[str, ...], str],
+) -> str:
+    # pydantic appends union-member and literal tags to locations; keep only real keys.
+    loc = tuple(str(p) for p in error["loc"] if not _is_pydantic_tag(p))
+    key = ".".join(loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing" and loc and loc[-1].isdigit():
+        loc = loc[:-1]
+        key = ".".join(loc)
+        message = "too few values"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+    where = ""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in origins:
+            where = f" (from {origins[loc[:n]]})"
+            break
+        if loc[:n] in lines:
+            where = f" (line {lines[loc[:n]]})"
+            break
+    value = "" if error["type"] == "missing" else f" = {error.get('input')!r}"
+    return f"{key}{value}{where}: {message}"
+
+
+def _is_pydantic_tag(part: Any) -> bool:
+    text = str(part)
+    return text.startswith(("literal[", "tuple[", "function-", "list[", "dict[")) or text in {
+        "str",
+        "int",
+        "float",
+        "bool",
+        "none",
+    }
+
+
+def _line_numbers(
+    node: yaml.Node | None, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], int]:
+    out: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            out.update(_line_numbers(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = (*prefix, str(i))
+            out[key] = item.start_mark.line + 1
+            out.update(_line_numbers(item, key))
+    return out
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_override(path: Path, item: str) -> tuple[tuple[str, ...], Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"{path}: --set {item!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: --set {item!r}: value is not valid YAML: {err}") from err
+    return tuple(key.split(".")), value
+
+
+def _set_path(path: Path, data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    node: Any = data
+    for i, part in enumerate(key_path[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(child, dict):
+            dotted = ".".join(key_path[: i + 1])
+            raise ConfigError(f"{path}: --set {'.'.join(key_path)}: {dotted} is not a section")
+        node = child
+    node[key_path[-1]] = value

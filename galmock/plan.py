@@ -1,0 +1,468 @@
+"""Region plan: tile a whole galaxy into regions that each get their own flows.
+
+A k-d tree splits space at particle medians until every cell owns at most ``target_particles``
+particles. Cells are half-open boxes ``[lower, upper)`` whose outer faces extend to infinity, so
+every point in space (every particle, and later every sampled star) has exactly one owner.
+A region's flows train on its own particles plus those within ``margin_kpc`` of its box, so
+densities match across faces; upsampling keeps only stars inside the owned box.
+
+The single-sphere plan is the GalaxyFlow paper's set-up: one region, the particles within
+``radius_kpc`` of a centre (the Sun by default), optionally split 1:1 into train and test.
+
+Example:
+    >>> plan = build_kdtree_plan(pos, mass, ids, target_particles=50_000, margin_kpc=0.5)
+    >>> owner = plan.owner(pos)           # region id per particle  # doctest: +SKIP
+    >>> plan.write("run/plan.json")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from galmock import __version__
+from galmock.atomic import atomic_write_text
+from galmock.config import JobConfig
+from galmock.errors import InputError
+from galmock.particles import read_particle_store
+
+PLAN_FORMAT = "galmock.plan/1"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region: its owned box, particle counts and the ball its flows are defined on.
+
+    ``centre``/``radius`` enclose the region's training particles: the flows' position
+    preprocessing maps that ball onto R^3.
+    """
+
+    id: int
+    lower: tuple[float, float, float]
+    upper: tuple[float, float, float]
+    owned_particles: int
+    training_particles: int
+    holdout_particles: int
+    owned_mass: float
+    centre: tuple[float, float, float]
+    radius: float
+
+    def contains(self, pos: np.ndarray) -> np.ndarray:
+        """Boolean mask of positions inside the owned box ``[lower, upper)``."""
+        lo, hi = np.asarray(self.lower), np.asarray(self.upper)
+        return np.all((pos >= lo) & (pos < hi), axis=1)
+
+    def expanded_contains(self, pos: np.ndarray, margin: float) -> np.ndarray:
+        """Mask of positions within ``margin`` of the box (per axis): the training volume."""
+        lo, hi = np.asarray(self.lower) - margin, np.asarray(self.upper) + margin
+        return np.all((pos >= lo) & (pos < hi), axis=1)
+
+
+@dataclass(frozen=True)
+class KDTree:
+    """Split tree in flat arrays: node i splits ``axis[i]`` at ``value[i]`` (< goes left)."""
+
+    axis: tuple[int, ...]
+    value: tuple[float, ...]
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    region: tuple[int, ...]  # region id at leaves, -1 at internal nodes
+
+    def owner(self, pos: np.ndarray) -> np.ndarray:
+        """Region id for each position, by vectorised descent (O(N · depth))."""
+        axis, value = np.asarray(self.axis), np.asarray(self.value)
+        left, right, region = np.asarray(self.left), np.asarray(self.right), np.asarray(self.region)
+        node = np.zeros(len(pos), dtype=np.int64)
+        rows = np.arange(len(pos))
+        active = region[node] < 0
+        while active.any():
+            n = node[active]
+            go_left = pos[rows[active], axis[n]] < value[n]
+            node[active] = np.where(go_left, left[n], right[n])
+            active = region[node] < 0
+        return region[node].astype(np.int32)
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    """The decomposition later stages read from ``<run>/plan.json``."""
+
+    kind: Literal["kdtree", "sphere"]
+    regions: tuple[Region, ...]
+    n_particles: int
+    total_mass: float
+    margin_kpc: float
+    target_particles: int | None = None
+    tree: KDTree | None = None
+    sphere_centre: tuple[float, float, float] | None = None
+    sphere_radius: float | None = None
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def owner(self, pos: np.ndarray) -> np.ndarray:
+        """Owning region id per position; -1 outside a sphere plan's ball."""
+        pos = np.asarray(pos, dtype=np.float64)
+        if self.kind == "kdtree":
+            assert self.tree is not None
+            return self.tree.owner(pos)
+        assert self.sphere_centre is not None and self.sphere_radius is not None
+        inside = _within(pos, np.asarray(self.sphere_centre), self.sphere_radius)
+        return np.where(inside, 0, -1).astype(np.int32)
+
+    def training_mask(
+        self, region_id: int, pos: np.ndarray, owner: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Particles a region's flows train on: owned, plus within the margin of its box.
+
+        Held-out particles are not removed here; combine with :func:`holdout_mask`.
+        """
+        pos = np.asarray(pos, dtype=np.float64)
+        owner = self.owner(pos) if owner is None else owner
+        if self.kind == "sphere":
+            return owner == region_id
+        mask = np.zeros(len(pos), dtype=bool)
+        mask[self.training_indices(region_id, pos, _members(owner, len(self.regions)))] = True
+        return mask
+
+    def training_indices(
+        self, region_id: int, pos: np.ndarray, members: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """Sorted indices of a region's training particles, given each region's owned indices.
+
+        Only regions whose boxes come within the margin can contribute, so this touches the
+        neighbours' particles rather than the whole galaxy.
+        """
+        region = self.regions[region_id]
+        if self.kind == "sphere":
+            return np.sort(members[region_id])
+        near = [r.id for r in self.regions if _boxes_overlap(r, region, self.margin_kpc)]
+        idx = np.concatenate([members[i] for i in near])
+        return np.sort(idx[region.expanded_contains(pos[idx], self.margin_kpc)])
+
+    def summary(self) -> str:
+        """A table of regions for the terminal."""
+
+        def fmt_bound(lo: float, hi: float) -> str:
+            a = "-inf" if math.isinf(lo) else f"{lo:.2f}"
+            b = "inf" if math.isinf(hi) else f"{hi:.2f}"
+            return f"[{a},{b})"
+
+        head = (
+            f"{'id':>5} {'x [kpc]':>17} {'y [kpc]':>17} {'z [kpc]':>17} "
+            f"{'owned':>9} {'training':>9} {'mass [Msun]':>12}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.regions:
+            bounds = " ".join(f"{fmt_bound(lo, hi):>17}" for lo, hi in zip(r.lower, r.upper))
+            lines.append(
+                f"{r.id:>5} {bounds} {r.owned_particles:>9d} {r.training_particles:>9d} "
+                f"{r.owned_mass:>12.4g}"
+            )
+        owned = [r.owned_particles for r in self.regions]
+        lines.append("-" * len(head))
+        lines.append(
+            f"{len(self.regions)} region(s), {sum(owned)} of {self.n_particles} particles owned "
+            f"(min {min(owned)}, max {max(owned)} per region), margin {self.margin_kpc} kpc"
+            + (f", holdout fraction {self.holdout_fraction}" if self.holdout_fraction else "")
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": PLAN_FORMAT,
+            "kind": self.kind,
+            "n_particles": self.n_particles,
+            "total_mass": self.total_mass,
+            "margin_kpc": self.margin_kpc,
+            "target_particles": self.target_particles,
+            "holdout_fraction": self.holdout_fraction,
+            "holdout_seed": self.holdout_seed,
+            "sphere_centre": self.sphere_centre,
+            "sphere_radius": self.sphere_radius,
+            "tree": asdict(self.tree) if self.tree is not None else None,
+            "meta": self.meta,
+            "regions": [
+                {**asdict(r), "lower": _encode(r.lower), "upper": _encode(r.upper)}
+                for r in self.regions
+            ],
+        }
+        return data
+
+    def write(self, path: str | Path) -> Path:
+        """Write ``plan.json`` atomically (unbounded faces are written as null)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return Path(path)
+
+
+def read_plan(path: str | Path) -> RegionPlan:
+    """Load ``plan.json``; a missing, foreign or malformed file is a clear error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: region plan not found (run `galmock plan` first)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: cannot read region plan: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise InputError(f"{path}: format = {data.get('format')!r}, expected {PLAN_FORMAT!r}")
+    try:
+        regions = tuple(
+            Region(
+                **{
+                    **r,
+                    "lower": _decode(r["lower"], -math.inf),
+                    "upper": _decode(r["upper"], math.inf),
+                    "centre": tuple(r["centre"]),
+                }
+            )
+            for r in data["regions"]
+        )
+        tree = KDTree(**{k: tuple(v) for k, v in data["tree"].items()}) if data["tree"] else None
+        return RegionPlan(
+            kind=data["kind"],
+            regions=regions,
+            n_particles=data["n_particles"],
+            total_mass=data["total_mass"],
+            margin_kpc=data["margin_kpc"],
+            target_particles=data["target_particles"],
+            tree=tree,
+            sphere_centre=tuple(data["sphere_centre"]) if data["sphere_centre"] else None,
+            sphere_radius=data["sphere_radius"],
+            holdout_fraction=data["holdout_fraction"],
+            holdout_seed=data["holdout_seed"],
+            meta=data.get("meta", {}),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: malformed region plan: {err!r}") from None
+
+
+def holdout_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Per-particle held-out flag from a hash of (seed, id): independent of order and ranks."""
+    if fraction <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    return _uniform_hash(np.asarray(ids, dtype=np.int64), seed) < fraction
+
+
+def build_kdtree_plan(
+    pos: np.ndarray,
+    mass: np.ndarray,
+    ids: np.ndarray,
+    target_particles: int,
+    margin_kpc: float,
+    holdout_fraction: float = 0.0,
+    seed: int = 0,
+) -> RegionPlan:
+    """Split at medians along the widest (5–95 percentile) axis until cells own <= target."""
+    pos = np.asarray(pos, dtype=np.float64)
+    axes: list[int] = []
+    values: list[float] = []
+    lefts: list[int] = []
+    rights: list[int] = []
+    leaf_region: list[int] = []
+    leaves: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (index, lower, upper)
+
+    def new_node() -> int:
+        for lst, v in ((axes, -1), (values, 0.0), (lefts, -1), (rights, -1), (leaf_region, -1)):
+            lst.append(v)
+        return len(axes) - 1
+
+    # Iterative (explicit stack) so deep trees on 1e7+ particles cannot hit recursion limits.
+    root = new_node()
+    stack = [(root, np.arange(len(pos)), np.full(3, -np.inf), np.full(3, np.inf))]
+    while stack:
+        node, idx, lower, upper = stack.pop()
+        split = _median_split(pos[idx]) if len(idx) > target_particles else None
+        if split is None:
+            leaf_region[node] = len(leaves)
+            leaves.append((idx, lower, upper))
+            continue
+        axis, value = split
+        go_left = pos[idx, axis] < value
+        left_upper, right_lower = upper.copy(), lower.copy()
+        left_upper[axis] = value
+        right_lower[axis] = value
+        axes[node], values[node] = axis, value
+        lefts[node], rights[node] = new_node(), new_node()
+        # Push right first so regions are numbered in depth-first, left-to-right order.
+        stack.append((rights[node], idx[~go_left], right_lower, upper))
+        stack.append((lefts[node], idx[go_left], lower, left_upper))
+
+    tree = KDTree(tuple(axes), tuple(values), tuple(lefts), tuple(rights), tuple(leaf_region))
+    owner = np.empty(len(pos), dtype=np.int32)
+    for rid, (idx, _, _) in enumerate(leaves):
+        owner[idx] = rid
+    boxes = [(lo, hi) for _, lo, hi in leaves]
+    return _finish_plan(
+        "kdtree", pos, mass, ids, owner, boxes, margin_kpc, holdout_fraction, seed,
+        target_particles=target_particles, tree=tree,
+    )  # fmt: skip
+
+
+def build_sphere_plan(
+    pos: np.ndarray,
+    mass: np.ndarray,
+    ids: np.ndarray,
+    centre: Sequence[float],
+    radius: float,
+    holdout_fraction: float = 0.0,
+    seed: int = 0,
+) -> RegionPlan:
+    """One region: the particles with |r - centre| < radius (the GalaxyFlow set-up)."""
+    pos = np.asarray(pos, dtype=np.float64)
+    c = np.asarray(centre, dtype=np.float64)
+    inside = _within(pos, c, radius)
+    if not inside.any():
+        raise InputError(
+            f"plan: no particles within {radius} kpc of {tuple(c.tolist())} (empty selection)"
+        )
+    owner = np.where(inside, 0, -1).astype(np.int32)
+    boxes = [(c - radius, c + radius)]
+    return _finish_plan(
+        "sphere", pos, mass, ids, owner, boxes, 0.0, holdout_fraction, seed,
+        sphere_centre=tuple(c.tolist()), sphere_radius=float(radius),
+    )  # fmt: skip
+
+
+def _finish_plan(
+    kind: Literal["kdtree", "sphere"],
+    pos: np.ndarray,
+    mass: np.ndarray,
+    ids: np.ndarray,
+    owner: np.ndarray,
+    boxes: list[tuple[np.ndarray, np.ndarray]],
+    margin_kpc: float,
+    holdout_fraction: float,
+    seed: int,
+    **extra: Any,
+) -> RegionPlan:
+    held = holdout_mask(ids, holdout_fraction, seed)
+    provisional = RegionPlan(
+        kind=kind,
+        regions=tuple(
+            Region(i, tuple(lo), tuple(hi), 0, 0, 0, 0.0, (0.0, 0.0, 0.0), 0.0)
+            for i, (lo, hi) in enumerate(boxes)
+        ),
+        n_particles=len(pos),
+        total_mass=float(np.sum(mass)),
+        margin_kpc=margin_kpc,
+        holdout_fraction=holdout_fraction,
+        holdout_seed=seed,
+        **extra,
+    )
+    owned_counts = np.bincount(owner[owner >= 0], minlength=len(boxes))
+    owned_mass = np.bincount(owner[owner >= 0], weights=mass[owner >= 0], minlength=len(boxes))
+    members = _members(owner, len(boxes))
+    regions = []
+    for r in tqdm(provisional.regions, desc="plan: regions", unit="region", disable=None):
+        train = provisional.training_indices(r.id, pos, members)
+        use = train[~held[train]]
+        if len(use) == 0:
+            raise InputError(f"plan: region {r.id} has no training particles")
+        centre, radius = _enclosing_ball(pos[use])
+        regions.append(
+            Region(
+                id=r.id,
+                lower=tuple(float(v) for v in r.lower),
+                upper=tuple(float(v) for v in r.upper),
+                owned_particles=int(owned_counts[r.id]),
+                training_particles=len(use),
+                holdout_particles=len(train) - len(use),
+                owned_mass=float(owned_mass[r.id]),
+                centre=centre,
+                radius=radius,
+            )
+        )
+    return RegionPlan(**{**provisional.__dict__, "regions": tuple(regions)})
+
+
+def _members(owner: np.ndarray, n_regions: int) -> list[np.ndarray]:
+    """Indices owned by each region (unowned, -1, dropped)."""
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner[owner >= 0], minlength=n_regions)
+    start = int((owner < 0).sum())
+    return np.split(order[start:], np.cumsum(counts)[:-1])
+
+
+def _median_split(points: np.ndarray) -> tuple[int, float] | None:
+    """(axis, value) splitting ``points`` in half along the widest axis; None if degenerate."""
+    lo, hi = np.percentile(points, [5.0, 95.0], axis=0)
+    k = len(points) // 2
+    for axis in np.argsort(hi - lo)[::-1]:
+        vals = np.partition(points[:, axis], [k - 1, k])
+        a, b = vals[k - 1], vals[k]
+        value = 0.5 * (a + b)
+        if b > a and a < value <= b:  # value strictly separates the two halves
+            return int(axis), float(value)
+        if b == a and (points[:, axis] < a).any():
+            return int(axis), float(a)  # ties: all equal values go right
+    return None
+
+
+def _enclosing_ball(points: np.ndarray) -> tuple[tuple[float, float, float], float]:
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    centre = 0.5 * (lo + hi)
+    radius = float(np.sqrt(((points - centre) ** 2).sum(axis=1).max()))
+    return tuple(float(v) for v in centre), radius
+
+
+def _within(pos: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    return ((pos - centre) ** 2).sum(axis=1) < radius * radius
+
+
+def _boxes_overlap(a: Region, b: Region, margin: float) -> bool:
+    return all(
+        a_lo < b_hi + margin and a_hi > b_lo - margin
+        for a_lo, a_hi, b_lo, b_hi in zip(a.lower, a.upper, b.lower, b.upper)
+    )
+
+
+def _encode(bound: Sequence[float]) -> list[float | None]:
+    return [None if math.isinf(v) else float(v) for v in bound]
+
+
+def _decode(bound: Sequence[float | None], fill: float) -> tuple[float, float, float]:
+    return tuple(fill if v is None else float(v) for v in bound)  # type: ignore[return-value]
+
+
+def _uniform_hash(ids: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of (id, seed) mapped to [0, 1): a counter-based, order-free random number."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(
+            0x9E3779B97F4A7C15
+        )
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def plan_regions(job: JobConfig) -> RegionPlan:
+    """Run the plan stage: ``particles.zarr`` -> ``plan.json``. Returns the plan."""
+    store = read_particle_store(job.run_dir / "particles.zarr")
+    pos = store.positions()
+    mass = store["mass"][:]
+    ids = store["id"][:]
+    cfg = job.plan
+    if cfg.kind == "kdtree":
+        plan = build_kdtree_plan(
+            pos, mass, ids, cfg.target_particles, cfg.margin_kpc, cfg.holdout_fraction, job.seed
+        )
+    else:
+        centre = job.observer.sun_position_kpc if cfg.centre == "sun" else cfg.centre
+        plan = build_sphere_plan(
+            pos, mass, ids, centre, cfg.radius_kpc, cfg.holdout_fraction, job.seed
+        )
+    plan = replace(
+        plan, meta={"particles": str(store.path), "galmock_version": __version__}
+    )
+    plan.write(job.run_dir / "plan.json")
+    return plan

@@ -1,0 +1,84 @@
+"""The galmock command line, run as users run it (a real subprocess)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from galmock.cli import STAGE_HELP
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "jobs" / "demo.yaml"
+
+
+def galmock(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "galmock", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_help_for_every_subcommand() -> None:
+    top = galmock("--help")
+    assert top.returncode == 0
+    for name in STAGE_HELP:
+        assert name in top.stdout
+        sub = galmock(name, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "--set" in sub.stdout and "--output" in sub.stdout and "JOB" in sub.stdout
+
+
+@pytest.mark.parametrize("stage", ["train", "upsample", "convert", "validate", "submit", "status"])
+def test_unbuilt_stages_fail_loudly(stage: str, tmp_path: Path) -> None:
+    result = galmock(stage, str(DEMO), "--output", str(tmp_path / "run"))
+    assert result.returncode == 3
+    assert "not implemented yet" in result.stderr
+
+
+def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:
+    result = galmock("ingest", str(DEMO), "--set", "galaxy.demo.n_particles=zero")
+    assert result.returncode == 1
+    assert "jobs/demo.yaml" in result.stderr
+    assert "galaxy.demo.n_particles = 'zero' (from --set galaxy.demo.n_particles=zero)" in (
+        result.stderr
+    )
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    result = galmock("plan", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "nope.yaml: cannot read job file" in result.stderr
+
+
+def test_plan_without_ingest_names_the_missing_store(tmp_path: Path) -> None:
+    result = galmock("plan", str(DEMO), "--output", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "particles.zarr: particle store not found" in result.stderr
+
+
+def test_run_until_plan_writes_the_run_directory(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = galmock(
+        "run", str(DEMO), "--until", "plan", "--output", str(run),
+        "--set", "galaxy.demo.n_particles=20000", "--set", "plan.target_particles=4000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (run / "job.yaml").is_file()
+    assert (run / "particles.zarr" / "zarr.json").is_file()
+    assert (run / "plan.json").is_file()
+    assert (run / "logs" / "ingest.log").is_file() and (run / "logs" / "plan.log").is_file()
+    assert "region(s), 20000 of 20000 particles owned" in result.stdout
+    resolved = (run / "job.yaml").read_text()
+    assert "n_particles: 20000" in resolved and str(run) in resolved
+
+
+def test_full_run_stops_at_the_first_unbuilt_stage(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = galmock(
+        "run", str(DEMO), "--output", str(run), "--set", "galaxy.demo.n_particles=5000",
+        "--set", "plan.target_particles=2000",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "stage 'train' is not implemented yet" in result.stderr
+    assert (run / "plan.json").is_file()
+    assert not (run / "models").exists()
