@@ -143,6 +143,9 @@ def ingest(job: JobConfig) -> Path:
         "source_meta": source.meta,
         **transform,
     }
+    if "components" in source.meta:
+        # Named where the `component` column's description points.
+        attrs["components"] = source.meta["components"]
     target = job.run_dir / "particles.zarr"
     write_particle_store(target, columns, attrs)
     total_mass = float(columns["mass"].sum())
