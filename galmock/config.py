@@ -55,7 +55,7 @@ class DemoConfig(Section):
 
 
 class GadgetConfig(Section):
-    particle_type: str
+    particle_type: Annotated[str, Field(pattern=r"^PartType[0-9]$")]
     cosmological: bool | None
 
 
@@ -85,7 +85,7 @@ class GalaxyConfig(Section):
     path: str | None
     demo: DemoConfig
     gadget: GadgetConfig
-    columns: dict[Literal[PARTICLE_FIELDS], str]  # type: ignore[valid-type]
+    columns: dict[Literal[PARTICLE_FIELDS], str | None]  # type: ignore[valid-type]
     units: UnitsConfig
     centre: Literal["auto"] | Vector3
     centre_velocity: Literal["auto"] | Vector3
@@ -93,6 +93,14 @@ class GalaxyConfig(Section):
     align_radius_kpc: PositiveFloat
     rotate_z_deg: float
     select_radius_kpc: PositiveFloat | None
+
+    @field_validator("columns")
+    @classmethod
+    def _required_columns_mapped(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        unmapped = [f for f in ("x", "y", "z", "vx", "vy", "vz", "mass") if value.get(f) is None]
+        if unmapped:
+            raise ValueError(f"required field(s) {', '.join(unmapped)} cannot be unmapped (null)")
+        return value
 
     @field_validator("path")
     @classmethod
