@@ -1,1 +1,5 @@
-"""Parallel back-ends: MPI region queues (:mod:`galmock.parallel.mpi`) and Dask clusters (:mod:`galmock.parallel.dask`)."""
+"""Parallel back-ends.
+
+:mod:`galmock.parallel.mpi` distributes regions over MPI ranks; :mod:`galmock.parallel.dask`
+starts Dask clusters (local, Slurm, MPI).
+"""
