@@ -51,13 +51,47 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0])
             p.add_argument("--until", dest="last", choices=STAGES, default=STAGES[-1])
+
+    models = sub.add_parser(
+        "models",
+        help="list, show and register pretrained region models",
+        description="The model registry maps names to trained artifacts (paths or fsspec URLs); "
+        "a job loads one with flows.load. Registry file: $GALMOCK_MODEL_REGISTRY or "
+        "~/.config/galmock/models.json.",
+    )
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="list registered models")
+    show = msub.add_parser("show", help="print a model's manifest (name, path or URL)")
+    show.add_argument("model", metavar="MODEL")
+    reg = msub.add_parser("register", help="register an artifact under a name")
+    reg.add_argument("name")
+    reg.add_argument("location", help="artifact directory or fsspec URL")
+    reg.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _models(args: argparse.Namespace) -> None:
+    import json
+
+    from galmock.flows import registry
+
+    if args.models_command == "list":
+        entries = registry.list_models()
+        if not entries:
+            print(f"no models registered in {registry.registry_path()}")
+        for entry in entries:
+            print(f"{entry.name}\t{entry.location}\t{entry.registered}")
+    elif args.models_command == "show":
+        print(json.dumps(registry.describe(args.model), indent=2, sort_keys=True))
+    else:
+        entry = registry.register(args.name, args.location, overwrite=args.overwrite)
+        print(f"registered {entry.name} -> {entry.location}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -65,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from galmock.run import STAGES, run_pipeline, run_stage
 
     try:
+        if args.command == "models":
+            _models(args)
+            return 0
         job = load_job(args.job, overrides=args.overrides, output=args.output)
         if args.command in STAGES:
             run_stage(job, args.command)

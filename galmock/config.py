@@ -149,6 +149,11 @@ class FlowsConfig(Section):
     checkpoint_every_epochs: PositiveInt
     device: str
     load: str | None
+    transforms: PositiveInt
+    spline_bins: Annotated[int, Field(ge=2)]
+    chunk_rows: Literal["auto"] | PositiveInt
+    compile: Literal["auto"] | bool
+    threads: Literal["auto"] | PositiveInt
 
 
 class UpsampleConfig(Section):
@@ -161,6 +166,7 @@ class UpsampleConfig(Section):
     properties: Literal["parent", "flow"]
     chunk_rows: PositiveInt
     compressor: Literal["blosc-lz4", "zstd", "none"]
+    batch_rows: PositiveInt
 
 
 class ConvertConfig(Section):
@@ -168,8 +174,16 @@ class ConvertConfig(Section):
     n_workers: PositiveInt
     threads_per_worker: PositiveInt
     memory_per_worker: str
+    scheduler_host: str | None
+    interface: str | None
+    worker_timeout_s: PositiveFloat | None
     hats: bool
     hats_partition_rows: PositiveInt
+    # <= 12: hats-import plans with a dense histogram of 12 * 4**order pixels.
+    hats_highest_order: Annotated[int, Field(ge=0, le=12)]
+    parquet_compression: Literal["zstd", "snappy", "none"]
+    parquet_compression_level: int | None
+    ref_epoch: float
     selections: list[str]
 
 

@@ -82,3 +82,35 @@ def test_full_run_stops_at_the_first_unbuilt_stage(tmp_path: Path) -> None:
     assert "stage 'train' is not implemented yet" in result.stderr
     assert (run / "plan.json").is_file()
     assert not (run / "models").exists()
+
+
+def test_models_register_list_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from galmock.config import load_job
+    from galmock.train import fit_ensemble
+
+    env_registry = tmp_path / "models.json"
+    monkeypatch.setenv("GALMOCK_MODEL_REGISTRY", str(env_registry))
+    flows = load_job(
+        DEMO,
+        ["flows.kind=maf", "flows.ensemble_size=1", "flows.max_epochs=2", "flows.transforms=1",
+         "flows.hidden_features=8", "flows.hidden_layers=1"],
+    ).flows  # fmt: skip
+    rng = torch.Generator().manual_seed(0)
+    pos = torch.randn(300, 3, generator=rng, dtype=torch.float64).numpy()
+    vel = 50 * torch.randn(300, 3, generator=rng, dtype=torch.float64).numpy()
+    artifact = tmp_path / "region-0000"
+    fit_ensemble(pos, vel, flows, seed=1, centre=(0, 0, 0), radius=5.0, artifact=artifact)
+
+    empty = galmock("models", "list")
+    assert empty.returncode == 0 and "no models registered" in empty.stdout
+    reg = galmock("models", "register", "toy", str(artifact))
+    assert reg.returncode == 0, reg.stderr
+    listed = galmock("models", "list")
+    assert listed.stdout.startswith("toy\t" + str(artifact))
+    shown = galmock("models", "show", "toy")
+    assert shown.returncode == 0, shown.stderr
+    assert '"kind": "maf"' in shown.stdout and str(artifact) in shown.stdout
+    missing = galmock("models", "show", "nope")
+    assert missing.returncode == 1 and "neither a registered model" in missing.stderr

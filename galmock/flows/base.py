@@ -1,0 +1,168 @@
+"""The interface every flow family implements, and the table of families by ``flows.kind``.
+
+A :class:`DensityFlow` is a normalised density on R^d (in the preprocessed space), optionally
+conditioned on a context in R^c: ``log_prob`` (differentiable, for training), ``generate`` (base
+normals → data, for sampling) and an ``architecture`` dict from which an identical, untrained
+module can be rebuilt (the artifact stores it next to the weights). Families register with
+:func:`register_flow`; :func:`build_flow` and :func:`flow_from_architecture` pick one by name.
+
+Example:
+    >>> flow = build_flow("cnf", features=3, context=3, options=cfg)   # cfg: FlowsConfig
+    >>> x = flow.sample(1000, context=c, generator=torch.Generator().manual_seed(0))
+    >>> flow.log_prob(x, context=c).shape
+    torch.Size([1000])
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from galmock.errors import InputError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+FLOW_KINDS: dict[str, type[DensityFlow]] = {}
+
+
+def standard_normal_log_prob(z: Tensor) -> Tensor:
+    """log N(z; 0, I) summed over the last axis."""
+    return -0.5 * (z * z).sum(dim=-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+class DensityFlow(nn.Module, ABC):
+    """A normalising flow with base N(0, I): p(x | context) on R^features.
+
+    Subclasses set ``kind`` and implement ``log_prob``, ``generate``, ``architecture`` and
+    ``from_architecture``. Parameters are float32 unless converted with ``.double()``.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, features: int, context: int) -> None:
+        super().__init__()
+        self.features = int(features)
+        self.context = int(context)
+
+    @abstractmethod
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """log p(x | context) per row (n,); differentiable w.r.t. the parameters."""
+
+    @abstractmethod
+    def generate(
+        self,
+        z: Tensor,
+        context: Tensor | None = None,
+        chunk_rows: int = 16384,
+        compile: bool = False,
+    ) -> Tensor:
+        """Map base draws ``z`` (n, features) to data space, without gradients, in row chunks.
+
+        ``compile`` asks for ``torch.compile`` where the family supports it (the CNF).
+        """
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """JSON-ready description (with ``kind``) that :meth:`from_architecture` rebuilds."""
+
+    @classmethod
+    @abstractmethod
+    def from_architecture(cls, arch: Mapping[str, Any]) -> DensityFlow:
+        """An untrained module with this architecture (weights come from a state dict)."""
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, features: int, context: int, options: Any) -> DensityFlow:
+        """A new module sized by a ``FlowsConfig`` (or any object with the same attributes)."""
+
+    def sample(
+        self,
+        n: int,
+        context: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``n`` draws (one per context row when given), base normals from ``generator``."""
+        param = next(self.parameters())
+        z = torch.randn(n, self.features, generator=generator, dtype=param.dtype,
+                        device=generator.device if generator is not None else param.device)
+        return self.generate(z.to(param.device), context)
+
+    def _check_context(self, x: Tensor, context: Tensor | None) -> None:
+        # A silent broadcast of a wrong context would train a different model: fail loudly.
+        if self.context and (context is None or context.shape != (x.shape[0], self.context)):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"{self.kind}: expected context of shape ({x.shape[0]}, "
+                             f"{self.context}), got {got}")
+        if not self.context and context is not None:
+            raise ValueError(f"{self.kind}: this flow takes no context")
+
+
+def register_flow(cls: type[DensityFlow]) -> type[DensityFlow]:
+    """Class decorator: make ``cls`` available as ``flows.kind: <cls.kind>``."""
+    FLOW_KINDS[cls.kind] = cls
+    return cls
+
+
+def flow_kinds() -> dict[str, type[DensityFlow]]:
+    """The registered families by ``kind`` (importing their modules registers them)."""
+    # Done lazily so that base has no import cycle with the family modules.
+    from galmock.flows import cnf, zuko_flows  # noqa: F401
+
+    return FLOW_KINDS
+
+
+def build_flow(kind: str, features: int, context: int, options: Any) -> DensityFlow:
+    """A new, randomly initialised flow of family ``kind`` (global torch RNG; see train.py)."""
+    kinds = flow_kinds()
+    if kind not in kinds:
+        raise InputError(f"flows.kind = {kind!r}: unknown flow kind (known: {sorted(kinds)})")
+    return kinds[kind].from_options(features, context, options)
+
+
+def flow_from_architecture(arch: Mapping[str, Any]) -> DensityFlow:
+    """Rebuild an (untrained) flow from :meth:`DensityFlow.architecture`'s dict."""
+    kinds = flow_kinds()
+    kind = arch.get("kind")
+    if kind not in kinds:
+        raise InputError(f"unknown flow kind {kind!r} (known: {sorted(kinds)})")
+    return kinds[kind].from_architecture(arch)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``flows.device``: ``auto`` is CUDA when available (the process's current device, so
+    ``CUDA_VISIBLE_DEVICES`` or ``torch.cuda.set_device`` pick it), else CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"flows.device = {spec!r}: not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"flows.device = {spec!r}, but CUDA is not available here")
+    return device
+
+
+def resolve_chunk_rows(spec: int | str, device: torch.device) -> int:
+    """``flows.chunk_rows``: ``auto`` is 16384 rows on CPU (a chunk stays in cache) and 2^20
+    on CUDA (enough rows to fill the GPU)."""
+    if spec == "auto":
+        return 1 << 20 if device.type == "cuda" else 16384
+    return int(spec)
+
+
+def resolve_compile(spec: bool | str, device: torch.device) -> bool:
+    """``flows.compile``: ``auto`` compiles on CUDA only (on CPU it costs ~25 s, gains nothing)."""
+    if spec == "auto":
+        return device.type == "cuda"
+    return bool(spec)

@@ -1,0 +1,122 @@
+"""Position/velocity preprocessing: exact inverses, log-Jacobians, the origin, the ball's edge."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from galmock.errors import InputError
+from galmock.flows.preprocess import (
+    PositionPreprocessing,
+    VelocityPreprocessing,
+    radial_contract,
+    radial_expand,
+)
+
+CENTRE = (-8.122, 0.0, 0.0208)
+R_MAX = 3.5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are small: extra OpenMP threads only add overhead (and stall badly when the
+    # cores are shared), so the module runs single-threaded and restores the setting after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ball(n: int, seed: int = 0) -> np.ndarray:
+    """Points filling the ball, denser towards the centre, plus a few right at its edge."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = R_MAX * rng.uniform(0, 1, n) ** 0.6
+    r[:5] = R_MAX * (1 - np.array([0, 1e-12, 1e-9, 1e-6, 1e-3]))
+    return np.asarray(CENTRE) + d * r[:, None]
+
+
+@pytest.fixture(scope="module")
+def pre() -> PositionPreprocessing:
+    return PositionPreprocessing.fit(ball(5000), CENTRE, R_MAX)
+
+
+def test_position_round_trip(pre) -> None:
+    pos = torch.as_tensor(ball(20_000, seed=1))
+    y = pre.forward(pos)
+    assert y.dtype == torch.float64 and torch.isfinite(y).all()
+    # Standardised: the training set's expanded coordinates have mean 0 and std 1.
+    y_train = pre.forward(ball(5000))
+    assert torch.allclose(y_train.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(y_train.std(0, correction=0), torch.ones(3, dtype=torch.float64))
+    back = pre.inverse(y)
+    assert (back - pos).abs().max() < 1e-10  # kpc; includes points 1e-12 r_max from the edge
+    # The edge maps far out but finite (c > 1 keeps |u| < 1).
+    assert y[:5].norm(dim=1).max() > 5
+
+
+def test_position_log_jacobian_matches_autograd(pre) -> None:
+    pos = torch.as_tensor(ball(40, seed=2))
+    pos[5] = torch.tensor(CENTRE, dtype=torch.float64)  # the origin of the radial map exactly
+    pos[6] = pos[5] + 1e-9  # inside the series branch
+    pos[7] = pos[5] + 2e-3  # just outside it
+    logdet = pre.log_abs_det(pos)
+    for i in range(len(pos)):
+        jac = torch.autograd.functional.jacobian(lambda r: pre.forward(r[None])[0], pos[i])
+        expected = torch.linalg.slogdet(jac).logabsdet
+        assert float(logdet[i]) == pytest.approx(float(expected), abs=1e-9), i
+
+
+def test_radial_map_closed_form_and_origin() -> None:
+    u = torch.tensor([[0.0, 0.0, 0.0], [1e-8, 0, 0], [0.3, -0.4, 0.0], [0.0, 0.0, 0.999]],
+                     dtype=torch.float64, requires_grad=True)
+    w, logdet = radial_expand(u)
+    s = u.detach().norm(dim=1)
+    expected = torch.where(
+        s > 0,
+        2 * torch.log(torch.atanh(s) / s.clamp_min(1e-300)) - torch.log1p(-s * s),
+        torch.zeros_like(s),
+    )
+    assert torch.allclose(logdet[1:], expected[1:], atol=1e-12)
+    assert float(logdet[0].detach()) == 0.0
+    assert torch.equal(w[0].detach(), torch.zeros(3).double())
+    # Gradients are finite at the origin (the series branch), as training needs.
+    (w.sum() + logdet.sum()).backward()
+    assert torch.isfinite(u.grad).all()
+    assert torch.allclose(radial_contract(w.detach()), u.detach(), atol=1e-15, rtol=1e-12)
+
+
+def test_outside_ball_is_not_finite(pre) -> None:
+    outside = torch.tensor([[CENTRE[0] + R_MAX * 1.01, 0.0, 0.0208]], dtype=torch.float64)
+    y, logdet = pre.forward_and_log_abs_det(outside)
+    assert not torch.isfinite(y).all() or not torch.isfinite(logdet).all()
+
+
+def test_velocity_round_trip_and_jacobian() -> None:
+    rng = np.random.default_rng(3)
+    vel = rng.normal([10, 220, -5], [40, 30, 20], (3000, 3))
+    pre = VelocityPreprocessing.fit(vel)
+    v = torch.as_tensor(vel)
+    assert (pre.inverse(pre.forward(v)) - v).abs().max() < 1e-10
+    jac = torch.autograd.functional.jacobian(lambda x: pre.forward(x[None])[0], v[0])
+    assert pre.log_abs_det() == pytest.approx(float(torch.linalg.slogdet(jac).logabsdet), abs=1e-12)
+    assert pre.log_abs_det() == pytest.approx(-math.log(np.prod(vel.std(axis=0))))
+
+
+def test_dict_round_trip_is_exact(pre) -> None:
+    assert PositionPreprocessing.from_dict(pre.to_dict()) == pre
+    import json
+
+    assert PositionPreprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+
+
+def test_fit_refuses_bad_input() -> None:
+    pos = ball(100)
+    with pytest.raises(InputError, match="outside the region's radius"):
+        PositionPreprocessing.fit(pos, CENTRE, R_MAX * 0.5)
+    with pytest.raises(InputError, match="spread"):
+        VelocityPreprocessing.fit(np.ones((10, 3)))
+    with pytest.raises(InputError, match=r"\(n >= 2, 3\)"):
+        PositionPreprocessing.fit(pos[:, :2], CENTRE, R_MAX)
