@@ -7,4 +7,12 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "open_catalog"]
+
+
+def __getattr__(name: str):  # lazy, so `import galmock` stays light
+    if name == "open_catalog":
+        from galmock.store import open_catalog
+
+        return open_catalog
+    raise AttributeError(f"module 'galmock' has no attribute {name!r}")

@@ -18,7 +18,8 @@ STAGE_HELP = {
     "plan": "split the galaxy into regions; writes <run>/plan.json and prints a summary",
     "train": "train the flows of every region into <run>/models/",
     "upsample": "sample stars from the region flows into <run>/stars.zarr",
-    "convert": "convert stars to Gaia-frame ICRS catalogs (<run>/catalog.zarr, catalog.hats/)",
+    "convert": "convert stars to Gaia-frame ICRS catalogs (<run>/catalog.zarr, catalog.hats/, "
+    "selections/)",
     "validate": "compare upsamplers with classifier tests; writes <run>/report/",
     "run": "run the stages in order (ingest, plan, train, upsample, convert, validate)",
     "submit": "render the Slurm scripts and submit the stage chain with sbatch",

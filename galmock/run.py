@@ -8,7 +8,8 @@ files in the run directory, so any stage can be rerun on its own:
     <run>/plan.json        plan
     <run>/models/          train
     <run>/stars.zarr       upsample
-    <run>/catalog.zarr     convert (and <run>/catalog.hats/)
+    <run>/catalog.zarr     convert (and <run>/catalog.hats/, <run>/selections/<name>.hats/;
+                           staged in <run>/.convert.partial/, guarded by <run>/.convert.lock)
     <run>/report/          validate
     <run>/logs/            one log file per stage
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from galmock.atomic import atomic_write_text
 from galmock.config import JobConfig
 from galmock.errors import NotImplementedStageError
+from galmock.production import train_stage, upsample_stage
 
 STAGES = ("ingest", "plan", "train", "upsample", "convert", "validate")
 
@@ -43,6 +45,13 @@ def _plan(job: JobConfig) -> None:
     print(plan.summary())
 
 
+def _convert(job: JobConfig) -> None:
+    from galmock.convert import convert
+
+    result = convert(job)
+    print(result.summary())
+
+
 def _not_yet(stage: str) -> Callable[[JobConfig], None]:
     def run(job: JobConfig) -> None:
         raise NotImplementedStageError(f"stage '{stage}' is not implemented yet")
@@ -53,9 +62,9 @@ def _not_yet(stage: str) -> Callable[[JobConfig], None]:
 STAGE_FUNCTIONS: dict[str, Callable[[JobConfig], None]] = {
     "ingest": _ingest,
     "plan": _plan,
-    "train": _not_yet("train"),
-    "upsample": _not_yet("upsample"),
-    "convert": _not_yet("convert"),
+    "train": train_stage,
+    "upsample": upsample_stage,
+    "convert": _convert,
     "validate": _not_yet("validate"),
 }
 

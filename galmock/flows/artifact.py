@@ -100,7 +100,7 @@ def save_artifact(ensemble: FlowEnsemble, path: str | Path) -> Path:
         "format": ARTIFACT_FORMAT,
         "kind": first.kind,
         "galmock_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "architecture": architecture,
         "preprocessing": preprocessing,
         "region": {"centre": list(first.centre), "r_max": first.r_max, "v_max": first.v_max},

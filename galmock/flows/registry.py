@@ -92,7 +92,7 @@ def register(name: str, location: str | Path, overwrite: bool = False) -> ModelE
             f"{registry_path()}: model {name!r} is already registered for "
             f"{models[name].get('location')}; unregister it first or pass overwrite=True"
         )
-    stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     models[name] = {"location": location, "registered": stamp}
     _write(models)
     return ModelEntry(name, location, stamp)

@@ -1,0 +1,433 @@
+"""The convert stage: ``<run>/stars.zarr`` → observer's catalogs, with Dask.
+
+Outputs (each replaced as a whole, never left half-written)::
+
+    <run>/catalog.zarr                 every star: Gaia DR3 astrometry + the star columns,
+                                       chunked like stars.zarr, compressed with
+                                       upsample.compressor (format galmock.catalog/1)
+    <run>/catalog.hats/                the same rows as HATS (HEALPix-partitioned Parquet that
+                                       lsdb.open_catalog reads), plus star_id and _healpix_29;
+                                       skipped when convert.hats is false
+    <run>/selections/<name>.hats/      one HATS catalog per spec in convert.selections (see
+                                       galmock.selection), whatever convert.hats says; none for
+                                       a spec no star passes. The directory is replaced as a
+                                       whole, so specs no longer listed disappear.
+
+Astrometry columns (:data:`galmock.frames.GAIA_COLUMNS`, units in
+:data:`galmock.frames.COLUMN_UNITS`, all float64): ra, dec, parallax, pmra, pmdec,
+radial_velocity, l, b, distance. ``star_id`` is the star's row in stars.zarr / catalog.zarr.
+Units are in every column's metadata (Zarr array attrs, Arrow field metadata); the frame
+(galcen_distance, z_sun, v_sun, roll, astropy version), reference epoch, galmock version and
+source job are in the Zarr group attrs, the Parquet schema metadata (key ``galmock``) and
+``galmock_*`` keys of ``hats.properties``.
+
+How: one Dask task per chunk reads the stars, checks that positions and velocities are finite,
+computes the astrometry (galmock.frames) and writes the same chunk of catalog.zarr (chunks are
+separate objects, so workers write without locks); hats-import then partitions catalog.zarr.
+Results do not depend on the number of workers: each chunk is computed alone, and HATS rows are
+sorted by (_healpix_29, star_id). Everything is built in ``<run>/.convert.partial/`` and moved
+into place only when all of it succeeded; a rerun after a crash or kill starts afresh (a lock
+file keeps two conversions of one run apart).
+
+Example:
+    >>> result = convert(load_job("jobs/demo.yaml"))  # doctest: +SKIP
+    >>> print(result.summary())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmock import __version__
+from galmock.config import ConvertConfig, JobConfig
+from galmock.errors import ConfigError, InputError
+from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
+from galmock.selection import CatalogSpec, SelectionSpec, load_catalog_spec, selection_mask
+from galmock.store import (
+    CATALOG_FORMAT,
+    STARS_FORMAT,
+    ColumnSpec,
+    StarCatalog,
+    create_catalog,
+    mark_complete,
+    open_catalog,
+    write_rows,
+)
+
+__all__ = ["CATALOG_DESCRIPTIONS", "ConvertResult", "catalog_columns", "convert", "convert_chunk"]
+
+log = logging.getLogger("galmock.convert")
+
+PHASE_SPACE = ("x", "y", "z", "vx", "vy", "vz")
+CATALOG_DESCRIPTIONS = {
+    "ra": "right ascension (ICRS)",
+    "dec": "declination (ICRS)",
+    "parallax": "parallax (error-free)",
+    "pmra": "proper motion in right ascension, times cos(dec)",
+    "pmdec": "proper motion in declination",
+    "radial_velocity": "heliocentric radial velocity",
+    "l": "Galactic longitude",
+    "b": "Galactic latitude",
+    "distance": "heliocentric distance",
+}
+# What convert owns in the run directory, in the order they are swapped in.
+_PRODUCTS = ("selections", "catalog.hats", "catalog.zarr")
+_STAGING = ".convert.partial"
+_LOCK = ".convert.lock"
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion wrote: paths and row counts (``None`` path: not written)."""
+
+    n_rows: int
+    catalog_zarr: Path
+    catalog_hats: Path | None
+    selections: dict[str, tuple[Path | None, int]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"{self.n_rows:,} stars -> {self.catalog_zarr}"]
+        if self.catalog_hats is not None:
+            lines.append(f"  HATS: {self.catalog_hats}")
+        for name, (path, rows) in self.selections.items():
+            lines.append(f"  selection {name}: {rows:,} stars -> {path or 'nothing written'}")
+        return "\n".join(lines)
+
+
+def convert(job: JobConfig, client: Any = None) -> ConvertResult:
+    """Run the convert stage of ``job`` (the function behind ``galmock convert JOB``).
+
+    Uses ``client`` (a ``distributed.Client``) when given, else starts the cluster the job's
+    ``convert`` section asks for. Under ``cluster: mpi`` only MPI rank 1 returns.
+
+    Example:
+        >>> convert(job).catalog_zarr  # doctest: +SKIP
+        PosixPath('/.../runs/demo/catalog.zarr')
+    """
+    # Check everything cheap before starting a cluster: specs, then the input catalog.
+    specs = _load_specs(job.convert.selections)
+    run = job.run_dir
+    stars = open_catalog(run / "stars.zarr", format=STARS_FORMAT)
+    # The cluster first: under dask-mpi only the client rank gets past this line.
+    with _client(job, client) as dask_client, _exclusive(run):
+        staging = run / _STAGING
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
+        staging.mkdir(parents=True)
+        try:
+            columns = catalog_columns(stars)
+            provenance = _provenance(job, stars, columns)
+            counts = _write_zarr(job, dask_client, stars, specs, columns, provenance, staging)
+            result = _write_hats(job, dask_client, specs, counts, columns, provenance, staging)
+            _swap_in(staging, run)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("convert: %s", result.summary())
+    return result
+
+
+def catalog_columns(stars: StarCatalog) -> dict[str, ColumnSpec]:
+    """Columns of catalog.zarr: the astrometry, then every column of the star catalog."""
+    astrometry = {
+        name: ColumnSpec(np.dtype("float64"), COLUMN_UNITS[name], CATALOG_DESCRIPTIONS[name])
+        for name in GAIA_COLUMNS
+    }
+    return {**astrometry, **{name: stars.spec(name) for name in stars.columns}}
+
+
+def convert_chunk(
+    start: int,
+    stop: int,
+    *,
+    source: str,
+    target: str,
+    observer: Mapping[str, Any],
+    selections: Sequence[SelectionSpec] = (),
+    abort: str | None = None,
+) -> list[int] | None:
+    """Convert rows ``start:stop`` of ``source`` into ``target``; one Dask task.
+
+    Returns how many of these rows each selection picks, or ``None`` without doing anything
+    when the file ``abort`` exists (another chunk failed).
+    """
+    if abort is not None and Path(abort).exists():
+        return None
+    data = open_catalog(source).read(start, stop)
+    for name in PHASE_SPACE:
+        bad = ~np.isfinite(data[name])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(
+                f"{source}: column {name!r} has {int(bad.sum())} non-finite value(s) in rows "
+                f"{start}:{stop} (first at row {start + i}: {data[name][i]})"
+            )
+    frame = galactocentric_frame(**observer)
+    out = {**galactocentric_to_icrs(*(data[c] for c in PHASE_SPACE), frame=frame), **data}
+    write_rows(target, start, out)
+    return [int(selection_mask(s, out).sum()) for s in selections]
+
+
+# --- the steps ----------------------------------------------------------------------------------
+
+
+def _write_zarr(
+    job: JobConfig,
+    client: Any,
+    stars: StarCatalog,
+    specs: Sequence[CatalogSpec],
+    columns: Mapping[str, ColumnSpec],
+    provenance: Mapping[str, Any],
+    staging: Path,
+) -> list[int]:
+    """``<staging>/catalog.zarr``, one task per chunk; returns the stars each spec picks."""
+    from galmock.parallel.dask import track, wait_all
+
+    target = staging / "catalog.zarr"
+    create_catalog(
+        target,
+        columns,
+        len(stars),
+        stars.chunk_rows,
+        provenance,
+        format=CATALOG_FORMAT,
+        compressor=job.upsample.compressor,
+    )
+    starts, stops = zip(*stars.chunks()) if len(stars) else ((), ())
+    futures = client.map(
+        convert_chunk,
+        starts,
+        stops,
+        source=str(stars.path),
+        target=str(target),
+        observer=job.observer.model_dump(),
+        selections=[s.selection for s in specs],
+        abort=str(staging / "ABORT"),
+        pure=False,  # unique keys: a shared client may still hold an earlier run's results
+    )
+    counts = np.zeros(len(specs), dtype=np.int64)
+    try:
+        for future in track(futures, "convert"):
+            counts += np.asarray(future.result(), dtype=np.int64).reshape(len(specs))
+    except BaseException:
+        # Cancelling would not stop chunks already running, which could then write into the
+        # staging directory after it is removed: let queued chunks return at once instead,
+        # and wait for every task to end before the error propagates.
+        (staging / "ABORT").touch()
+        wait_all(futures)
+        raise
+    mark_complete(target)
+    log.info("convert: %d stars in %d chunks -> catalog.zarr", len(stars), len(starts))
+    return counts.tolist()
+
+
+def _write_hats(
+    job: JobConfig,
+    client: Any,
+    specs: Sequence[CatalogSpec],
+    counts: Sequence[int],
+    columns: Mapping[str, ColumnSpec],
+    provenance: Mapping[str, Any],
+    staging: Path,
+) -> ConvertResult:
+    """``<staging>/catalog.hats`` and ``<staging>/selections/*.hats`` from catalog.zarr."""
+    from galmock.hats import STAR_ID, write_hats
+
+    cfg, run, source = job.convert, job.run_dir, staging / "catalog.zarr"
+    n_rows = int(provenance["source"]["n_rows"])
+    result = ConvertResult(n_rows=n_rows, catalog_zarr=run / "catalog.zarr", catalog_hats=None)
+    common: dict[str, Any] = {
+        "columns": (STAR_ID, *columns),
+        "partition_rows": cfg.hats_partition_rows,
+        "highest_order": cfg.hats_highest_order,
+        "compression": cfg.parquet_compression,
+        "compression_level": cfg.parquet_compression_level,
+    }
+    build = staging / "build"
+    if cfg.hats and n_rows:
+        description = f"galmock mock catalog of job {job.name}"
+        with _partitioning_errors(cfg):
+            built = write_hats(
+                client,
+                source,
+                build / "catalog",
+                job.name,
+                expected_rows=n_rows,
+                properties=_hats_properties(provenance, description),
+                schema_metadata=provenance,
+                **common,
+            )
+        os.replace(built, staging / "catalog.hats")
+        result.catalog_hats = run / "catalog.hats"
+    (staging / "selections").mkdir()
+    for spec, rows in zip(specs, counts):
+        if rows == 0:
+            log.warning("convert: selection %s picks no star; nothing written for it", spec.name)
+            result.selections[spec.name] = (None, 0)
+            continue
+        meta = {**provenance, "selection": spec.model_dump(mode="json")}
+        with _partitioning_errors(cfg):
+            built = write_hats(
+                client,
+                source,
+                build / spec.name,
+                f"{job.name}-{spec.name}",
+                selection=spec.selection,
+                expected_rows=rows,
+                skymap=False,
+                properties=_hats_properties(meta, spec.description or spec.name),
+                schema_metadata=meta,
+                **common,
+            )
+        name = f"{spec.name}.hats"
+        os.replace(built, staging / "selections" / name)
+        result.selections[spec.name] = (run / "selections" / name, rows)
+    shutil.rmtree(build, ignore_errors=True)
+    return result
+
+
+@contextlib.contextmanager
+def _partitioning_errors(cfg: ConvertConfig) -> Iterator[None]:
+    # hats refuses a sky pixel of the finest order that alone exceeds the partition size.
+    try:
+        yield
+    except ValueError as err:
+        if "exceeds threshold" not in str(err):
+            raise
+        raise ConfigError(
+            f"convert.hats_partition_rows = {cfg.hats_partition_rows}: {err} at HEALPix order "
+            f"{cfg.hats_highest_order}; raise convert.hats_highest_order or hats_partition_rows"
+        ) from err
+
+
+def _load_specs(entries: Sequence[str]) -> list[CatalogSpec]:
+    specs = [load_catalog_spec(entry) for entry in entries]
+    seen: dict[str, str] = {}
+    for entry, spec in zip(entries, specs):
+        if spec.name in seen:
+            raise InputError(
+                f"convert.selections: {seen[spec.name]!r} and {entry!r} are both named "
+                f"{spec.name!r}; their outputs would collide"
+            )
+        seen[spec.name] = entry
+    return specs
+
+
+@contextlib.contextmanager
+def _client(job: JobConfig, client: Any) -> Iterator[Any]:
+    if client is not None:
+        yield client
+        return
+    from galmock.parallel.dask import dask_client
+
+    with dask_client(job) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _exclusive(run: Path) -> Iterator[None]:
+    """Hold ``<run>/.convert.lock``; the kernel drops it if the process dies."""
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / _LOCK
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{run}: another `galmock convert` is running on this run directory "
+                f"(it holds {path})"
+            ) from None
+        except OSError as err:  # e.g. ENOLCK on a file system without flock
+            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            log.warning(
+                "convert: cannot lock %s (%s); not guarding against a second run", path, err
+            )
+        yield
+
+
+def _swap_in(staging: Path, run: Path) -> None:
+    # Each product is one rename; the old one is moved aside first (a directory cannot be
+    # renamed onto a non-empty one) and deleted with the staging directory.
+    old = staging / "old"
+    old.mkdir()
+    selections = staging / "selections"
+    if selections.is_dir() and not any(selections.iterdir()):
+        selections.rmdir()
+    for name in _PRODUCTS:
+        if (run / name).exists():
+            os.replace(run / name, old / name)
+        if (staging / name).exists():
+            os.replace(staging / name, run / name)
+
+
+def _provenance(
+    job: JobConfig, stars: StarCatalog, columns: Mapping[str, ColumnSpec]
+) -> dict[str, Any]:
+    observer = job.observer
+    centre = galactocentric_frame(**observer.model_dump()).galcen_coord
+    internal = {"format", "complete", "n_rows", "chunk_rows", "columns"}
+    return {
+        "galmock_version": __version__,
+        "job": {"name": job.name, "config": job.model_dump(mode="json", by_alias=True)},
+        "source": {
+            "path": str(stars.path),
+            "format": stars.format,
+            "n_rows": len(stars),
+            "attrs": {k: v for k, v in stars.attrs.items() if k not in internal},
+        },
+        "frame": {
+            "name": "ICRS",
+            "ref_epoch": job.convert.ref_epoch,
+            "ref_epoch_unit": "Julian year",
+            "galactocentric": {
+                "galcen_distance_kpc": observer.galcen_distance_kpc,
+                "z_sun_kpc": observer.z_sun_kpc,
+                "galcen_v_sun_kms": list(observer.galcen_v_sun_kms),
+                "roll_deg": observer.roll_deg,
+                "galcen_ra_deg": float(centre.ra.deg),
+                "galcen_dec_deg": float(centre.dec.deg),
+                "astropy_frame_defaults": "v4.0",
+            },
+        },
+        "units": {name: spec.unit for name, spec in columns.items()},
+        "software": {
+            p: _version(p)
+            for p in ("astropy", "numpy", "zarr", "dask", "hats", "hats-import", "pyarrow")
+        },
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _hats_properties(provenance: Mapping[str, Any], description: str) -> dict[str, Any]:
+    props = {
+        "obs_description": description,
+        "galmock_version": provenance["galmock_version"],
+        "galmock_job": provenance["job"]["name"],
+        "galmock_source": provenance["source"]["path"],
+        "galmock_frame": provenance["frame"],
+        "galmock_ref_epoch": provenance["frame"]["ref_epoch"],
+        "galmock_astropy_version": provenance["software"]["astropy"],
+        "galmock_units": provenance["units"],
+    }
+    if "selection" in provenance:
+        props["galmock_selection"] = provenance["selection"]
+    return props
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"

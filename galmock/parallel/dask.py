@@ -1,0 +1,179 @@
+"""Dask clusters for a job: local processes, Slurm jobs (dask-jobqueue) or MPI ranks (dask-mpi).
+
+``convert.cluster`` picks one:
+
+- ``local``: a ``distributed.LocalCluster`` of ``n_workers`` processes, each with
+  ``threads_per_worker`` threads and ``memory_per_worker`` memory;
+- ``slurm``: a ``dask_jobqueue.SLURMCluster`` submitting ``n_workers`` single-worker jobs with
+  the job's ``slurm`` section (partition, account, qos, time, setup lines, extra directives);
+- ``mpi``: ``dask_mpi.initialize`` under ``mpiexec -n N`` (N >= 3): rank 0 runs the scheduler,
+  rank 1 runs the caller's code as the client and ranks 2.. are workers. Only rank 1 returns
+  from :func:`dask_client`; the others leave with ``SystemExit(0)`` once the client is done.
+
+Example:
+    >>> with dask_client(job) as client:  # doctest: +SKIP
+    ...     futures = client.map(work, items)
+    ...     results = [f.result() for f in track(futures, "work")]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, Future, LocalCluster, as_completed, wait
+from tqdm import tqdm
+
+from galmock.config import ConvertConfig, JobConfig
+from galmock.errors import ConfigError
+
+__all__ = [
+    "dask_client",
+    "local_cluster",
+    "slurm_cluster",
+    "track",
+    "wait_all",
+    "zarr_columns_to_dask",
+]
+
+log = logging.getLogger("galmock.parallel")
+
+
+@contextmanager
+def dask_client(job: JobConfig, log_dir: str | Path | None = None) -> Iterator[Client]:
+    """A client on the cluster ``job.convert.cluster`` asks for, closed (with it) on exit.
+
+    ``log_dir`` receives the Slurm workers' job logs (default ``<run>/logs/dask``).
+    """
+    cfg = job.convert
+    if cfg.cluster == "mpi":
+        with _mpi_client(cfg) as client:
+            yield client
+        return
+    if cfg.cluster == "slurm":
+        cluster: Any = slurm_cluster(job, log_dir or job.run_dir / "logs" / "dask")
+        cluster.scale(jobs=cfg.n_workers)
+    else:
+        cluster = local_cluster(cfg)
+    with cluster, Client(cluster) as client:
+        log.info("dask %s cluster: dashboard %s", cfg.cluster, client.dashboard_link)
+        _wait_for_a_worker(client, cfg)
+        yield client
+
+
+def local_cluster(cfg: ConvertConfig) -> LocalCluster:
+    """``n_workers`` worker processes on this machine."""
+    return LocalCluster(
+        n_workers=cfg.n_workers,
+        threads_per_worker=cfg.threads_per_worker,
+        memory_limit=cfg.memory_per_worker,
+        processes=True,
+        host=cfg.scheduler_host,
+        # A fixed port collides with any other dask on the node (login nodes, parallel tests).
+        dashboard_address=":0",
+    )
+
+
+def slurm_cluster(job: JobConfig, log_dir: str | Path) -> Any:
+    """A ``SLURMCluster`` of single-process workers, one Slurm job each (not yet scaled).
+
+    Example:
+        >>> cluster = slurm_cluster(job, "runs/demo/logs/dask")  # doctest: +SKIP
+        >>> cluster.scale(jobs=job.convert.n_workers)  # doctest: +SKIP
+    """
+    from dask_jobqueue import SLURMCluster
+
+    cfg, slurm = job.convert, job.slurm
+    directives = list(slurm.extra_directives)
+    if slurm.qos:
+        directives.append(f"--qos={slurm.qos}")
+    scheduler_options: dict[str, Any] = {"dashboard_address": ":0"}
+    if cfg.scheduler_host:
+        scheduler_options["host"] = cfg.scheduler_host
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return SLURMCluster(
+        cores=cfg.threads_per_worker,
+        processes=1,
+        memory=cfg.memory_per_worker,
+        queue=slurm.partition,
+        account=slurm.account,
+        walltime=slurm.time,
+        job_name=f"galmock-{job.name}-dask",
+        job_extra_directives=directives,
+        job_script_prologue=list(slurm.setup),
+        interface=cfg.interface,
+        scheduler_options=scheduler_options,
+        log_directory=str(log_dir),
+        # Workers must run this interpreter (the venv galmock is installed in).
+        python=sys.executable,
+    )
+
+
+@contextmanager
+def _mpi_client(cfg: ConvertConfig) -> Iterator[Client]:
+    try:
+        import dask_mpi
+        from mpi4py import MPI
+    except ImportError as err:  # mpi4py without an MPI library fails here too
+        raise ConfigError(f"convert.cluster = 'mpi' needs dask-mpi and mpi4py: {err}") from err
+    size = MPI.COMM_WORLD.Get_size()
+    if size < 3:
+        raise ConfigError(
+            f"convert.cluster = 'mpi' needs at least 3 MPI ranks (scheduler, client, worker), "
+            f"got {size}; run under e.g. `mpiexec -n 4 galmock convert JOB`"
+        )
+    # exit=False: we stop the scheduler ourselves when the client is done, rather than from
+    # an atexit hook that would outlive it; the other ranks then leave here.
+    is_client = dask_mpi.initialize(
+        interface=cfg.interface,
+        nthreads=cfg.threads_per_worker,
+        memory_limit=cfg.memory_per_worker,
+        dashboard=False,
+        exit=False,
+    )
+    if not is_client:
+        raise SystemExit(0)
+    try:
+        with Client() as client:
+            _wait_for_a_worker(client, cfg)
+            yield client
+    finally:
+        dask_mpi.send_close_signal()
+
+
+def _wait_for_a_worker(client: Client, cfg: ConvertConfig) -> None:
+    if cfg.worker_timeout_s is None:
+        return  # tasks simply wait for workers, however long the queue takes
+    try:
+        client.wait_for_workers(1, timeout=cfg.worker_timeout_s)
+    except TimeoutError as err:
+        raise ConfigError(
+            f"convert.worker_timeout_s = {cfg.worker_timeout_s}: no dask worker joined the "
+            f"{cfg.cluster} cluster in time (for slurm, check squeue and the worker logs)"
+        ) from err
+
+
+def track(futures: Iterable[Future], desc: str) -> Iterator[Future]:
+    """Yield futures as they finish, with a progress bar on stderr."""
+    futures = list(futures)
+    bar = tqdm(total=len(futures), desc=desc, unit="task", mininterval=1.0, file=sys.stderr)
+    with bar:
+        for future in as_completed(futures):
+            bar.update(1)
+            yield future
+
+
+def wait_all(futures: Iterable[Future]) -> None:
+    """Block until every future has finished, failed or been cancelled."""
+    wait(list(futures))
+
+
+def zarr_columns_to_dask(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """Lazy dask arrays over Zarr arrays, chunked like them (one task per chunk)."""
+    import dask.array as da
+
+    return {name: da.from_zarr(arr) for name, arr in arrays.items()}

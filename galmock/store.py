@@ -1,0 +1,784 @@
+"""Columnar Zarr catalogs: the star catalog (``<run>/stars.zarr``) and the observer's catalog.
+
+Layout (Zarr v3): a group with one dense 1-D array per column, all of the same length and
+chunked along rows with the same chunk length; each array has attributes ``unit`` and
+``description``. Group attributes::
+
+    format      "galmock.stars/1" (upsample output) or "galmock.catalog/1" (convert output)
+    complete    false while the catalog is being written; readers refuse it until true
+    n_rows      rows in every array
+    chunk_rows  chunk length of every array
+    columns     column names, in their canonical order
+    ...         provenance (job, frame, software versions, ...)
+
+Writing in parallel needs no locks: :func:`create_catalog` allocates the arrays (no chunk
+written, ``complete: false``), any number of processes then call :func:`write_rows` for
+disjoint whole chunks (each chunk is its own object in the store), and one process calls
+:func:`mark_complete` at the end. :func:`write_star_catalog` does all three in one process
+under a temporary name and renames, which is what tests and a final consolidation need.
+
+Rows that arrive in blocks of known length (upsample: one block per region, lengths fixed by
+the seeded star counts) go through :class:`BlockCatalog`: a block's whole chunks are written
+by its own writer, the few chunks two blocks share are assembled from side pieces at the end,
+finished blocks are recorded (rows, sha256) so a rerun skips them, and the catalog is renamed
+into place only when complete (group attribute ``blocks``: the records). The result is an
+ordinary dense catalog: no padding rows, nothing for readers to hide.
+
+Example:
+    >>> path = write_star_catalog("run/stars.zarr", columns, chunk_rows=50_000)  # doctest: +SKIP
+    >>> cat = open_catalog(path)  # doctest: +SKIP
+    >>> len(cat), cat.attrs["format"]  # doctest: +SKIP
+    (200000, 'galmock.stars/1')
+    >>> cat.to_dask()["x"]  # a lazy dask array, one task per chunk  # doctest: +SKIP
+    >>> cat.to_dataframe(["x", "mass"])  # a lazy dask DataFrame  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from galmock.atomic import atomic_directory, atomic_write_text
+from galmock.errors import InputError
+
+__all__ = [
+    "BLOCKS_FORMAT",
+    "CATALOG_FORMAT",
+    "STARS_FORMAT",
+    "STAR_COLUMNS",
+    "BlockCatalog",
+    "BlockWriter",
+    "ColumnSpec",
+    "RowLayout",
+    "StarCatalog",
+    "columns_sha256",
+    "create_catalog",
+    "is_current",
+    "mark_complete",
+    "open_catalog",
+    "write_rows",
+    "write_star_catalog",
+]
+
+STARS_FORMAT = "galmock.stars/1"
+CATALOG_FORMAT = "galmock.catalog/1"
+DEFAULT_CHUNK_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """dtype, unit (an astropy unit string) and description of one column."""
+
+    dtype: np.dtype
+    unit: str
+    description: str
+
+
+def _spec(dtype: str, unit: str, description: str) -> ColumnSpec:
+    return ColumnSpec(np.dtype(dtype), unit, description)
+
+
+#: The star catalog contract: every ``galmock.stars/1`` catalog has these columns and dtypes.
+#: Positions stay float64: float32 galactocentric kpc are ~1 pc coarse near the Sun.
+STAR_COLUMNS: dict[str, ColumnSpec] = {
+    "x": _spec("float64", "kpc", "galactocentric x (astropy Galactocentric; Sun at x < 0)"),
+    "y": _spec("float64", "kpc", "galactocentric y (direction of disk rotation at the Sun)"),
+    "z": _spec("float64", "kpc", "galactocentric z (towards the north Galactic pole)"),
+    "vx": _spec("float32", "km / s", "galactocentric velocity along x"),
+    "vy": _spec("float32", "km / s", "galactocentric velocity along y"),
+    "vz": _spec("float32", "km / s", "galactocentric velocity along z"),
+    "mass": _spec("float32", "solMass", "stellar mass"),
+    "age": _spec("float32", "Gyr", "stellar age"),
+    "feh": _spec("float32", "dex", "[Fe/H] relative to solar"),
+    "parent_id": _spec("int64", "", "id of the simulation particle the star was sampled from"),
+    "region": _spec("int32", "", "plan region the star was sampled in"),
+}
+
+_REQUIRED = {STARS_FORMAT: tuple(STAR_COLUMNS), CATALOG_FORMAT: tuple(STAR_COLUMNS)}
+
+
+def _codecs(compressor: str) -> Any:
+    # The same names as the job's upsample.compressor.
+    if compressor == "blosc-lz4":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if compressor == "zstd":
+        return ZstdCodec(level=3)
+    if compressor == "none":
+        return None
+    raise ValueError(f"unknown compressor {compressor!r}; use blosc-lz4, zstd or none")
+
+
+def create_catalog(
+    path: str | Path,
+    columns: Mapping[str, ColumnSpec],
+    n_rows: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    format: str = STARS_FORMAT,
+    compressor: str = "blosc-lz4",
+) -> Path:
+    """Allocate an empty catalog at ``path`` (``complete: false``); no chunk is written.
+
+    Example:
+        >>> create_catalog("stars.zarr", STAR_COLUMNS, n_rows=10, chunk_rows=4)  # doctest: +SKIP
+    """
+    path = Path(path)
+    if n_rows < 0 or chunk_rows <= 0:
+        raise ValueError(f"need n_rows >= 0 and chunk_rows > 0, got {n_rows}, {chunk_rows}")
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    for name, spec in columns.items():
+        # A zero-length array still needs a positive chunk length.
+        arr = group.create_array(
+            name,
+            shape=(n_rows,),
+            dtype=spec.dtype,
+            chunks=(chunk_rows,),
+            compressors=_codecs(compressor),
+            fill_value=0,
+        )
+        arr.attrs.update({"unit": spec.unit, "description": spec.description})
+    group.attrs.update(
+        {
+            **dict(attrs or {}),
+            "format": format,
+            "complete": False,
+            "n_rows": int(n_rows),
+            "chunk_rows": int(chunk_rows),
+            "columns": list(columns),
+        }
+    )
+    return path
+
+
+def write_rows(path: str | Path, start: int, columns: Mapping[str, np.ndarray]) -> None:
+    """Write rows ``start:start + len`` of the given columns; whole chunks only.
+
+    Safe to call from many processes at once for different chunks: each chunk is a separate
+    object in the store and no metadata is touched.
+    """
+    path = Path(path)
+    for name, values in columns.items():
+        arr = zarr.open_array(path / name, mode="r+")
+        n, chunk = arr.shape[0], arr.chunks[0]
+        stop = start + len(values)
+        # Unaligned writes would read-modify-write a chunk another process may be writing.
+        if start % chunk or (stop % chunk and stop != n) or stop > n:
+            raise ValueError(
+                f"{path}/{name}: rows {start}:{stop} are not whole chunks of {chunk} (of {n} rows)"
+            )
+        arr[start:stop] = np.asarray(values, dtype=arr.dtype)
+
+
+def mark_complete(path: str | Path, attrs: Mapping[str, Any] | None = None) -> None:
+    """Set ``complete: true`` (plus ``attrs``) once every chunk is written; one process only."""
+    group = zarr.open_group(Path(path), mode="r+")
+    group.attrs.update({**dict(attrs or {}), "complete": True})
+
+
+def write_star_catalog(
+    path: str | Path,
+    columns: Mapping[str, np.ndarray],
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    compressor: str = "blosc-lz4",
+) -> Path:
+    """Write a whole ``galmock.stars/1`` catalog atomically (temporary name, then rename).
+
+    ``columns`` must hold every column of :data:`STAR_COLUMNS` (cast to the contract dtypes);
+    extra columns are stored too, with an empty unit.
+
+    Example:
+        >>> write_star_catalog("run/stars.zarr", cols, 50_000, {"job": "demo"})  # doctest: +SKIP
+    """
+    missing = [c for c in STAR_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"star catalog columns missing: {', '.join(missing)}")
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"star catalog columns differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    specs = {
+        name: STAR_COLUMNS.get(name) or ColumnSpec(np.asarray(values).dtype, "", "")
+        for name, values in columns.items()
+    }
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        create_catalog(tmp, specs, n, chunk_rows, attrs, compressor=compressor)
+        for start in range(0, n, chunk_rows):
+            write_rows(tmp, start, {k: v[start : start + chunk_rows] for k, v in columns.items()})
+        mark_complete(tmp)
+    return path
+
+
+@dataclass
+class StarCatalog:
+    """A checked, complete catalog opened for reading; columns are read lazily.
+
+    Example:
+        >>> cat = open_catalog("run/stars.zarr")  # doctest: +SKIP
+        >>> cols = cat.read(0, 1000, ["x", "y"])  # numpy arrays  # doctest: +SKIP
+    """
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def format(self) -> str:
+        return str(self.group.attrs["format"])
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.group.attrs["columns"])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.group.attrs["chunk_rows"])
+
+    def __len__(self) -> int:
+        return int(self.group.attrs["n_rows"])
+
+    def array(self, name: str) -> zarr.Array:
+        return self.group[name]  # type: ignore[return-value]
+
+    def spec(self, name: str) -> ColumnSpec:
+        arr = self.array(name)
+        return ColumnSpec(np.dtype(arr.dtype), arr.attrs["unit"], arr.attrs["description"])
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of every chunk, in order."""
+        n, step = len(self), self.chunk_rows
+        for start in range(0, n, step):
+            yield start, min(start + step, n)
+
+    def read(
+        self, start: int = 0, stop: int | None = None, columns: Iterable[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Rows ``start:stop`` of ``columns`` (all by default) as numpy arrays."""
+        names = list(columns) if columns is not None else self.columns
+        return {c: self.array(c)[start:stop] for c in names}
+
+    def to_dask(self, columns: Iterable[str] | None = None) -> dict[str, Any]:
+        """Lazy dask arrays, one per column, chunked like the store."""
+        # Dask stays in galmock.parallel; this is only a convenience for notebooks.
+        from galmock.parallel.dask import zarr_columns_to_dask
+
+        names = list(columns) if columns is not None else self.columns
+        return zarr_columns_to_dask({c: self.array(c) for c in names})
+
+    def to_dataframe(self, columns: Iterable[str] | None = None) -> Any:
+        """A lazy dask DataFrame, one partition per chunk, indexed by row number.
+
+        Example:
+            >>> df = open_catalog("run/stars.zarr").to_dataframe(["x", "mass"])  # doctest: +SKIP
+            >>> df.groupby(df.index // 10**6)["mass"].sum().compute()  # doctest: +SKIP
+        """
+        import dask.dataframe as dd
+        import pandas as pd
+
+        names = list(columns) if columns is not None else self.columns
+        meta = pd.DataFrame({c: np.empty(0, dtype=self.array(c).dtype) for c in names})
+        ranges = list(self.chunks())
+        if not ranges:
+            return dd.from_pandas(meta, npartitions=1)
+        divisions = [a for a, _ in ranges] + [ranges[-1][1] - 1]
+        return dd.from_map(
+            _read_frame, ranges, path=str(self.path), columns=names, meta=meta,
+            divisions=divisions, enforce_metadata=False,
+        )  # fmt: skip
+
+
+def _read_frame(rows: tuple[int, int], path: str, columns: list[str]) -> Any:
+    import pandas as pd
+
+    start, stop = rows
+    group = zarr.open_group(path, mode="r")
+    data = {c: group[c][start:stop] for c in columns}  # type: ignore[index]
+    return pd.DataFrame(data, index=pd.RangeIndex(start, stop))
+
+
+def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
+    """Open and check a galmock catalog (``format``: require this one; default: any known).
+
+    Refuses, with an :class:`InputError` naming the path, the field and the value: a missing or
+    non-Zarr path, an unknown format, a catalog still being written (``complete: false``),
+    missing columns, wrong dtypes, and arrays whose length or chunking disagrees with
+    ``n_rows`` / ``chunk_rows``.
+
+    Example:
+        >>> open_catalog("run/stars.zarr", format=STARS_FORMAT).columns[:3]  # doctest: +SKIP
+        ['x', 'y', 'z']
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = " (run `galmock upsample` first)" if path.name == "stars.zarr" else ""
+        raise InputError(f"{path}: catalog not found{hint}")
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as err:  # zarr raises several types for a non-store directory
+        raise InputError(f"{path}: not a Zarr catalog: {err}") from err
+    attrs = dict(group.attrs)
+    found = attrs.get("format")
+    if found not in _REQUIRED or (format is not None and found != format):
+        wanted = format or " or ".join(_REQUIRED)
+        raise InputError(f"{path}: attribute format = {found!r}, expected {wanted!r}")
+    if attrs.get("complete") is not True:
+        raise InputError(
+            f"{path}: attribute complete = {attrs.get('complete')!r}: the catalog is still being "
+            "written (or its writer died); wait for it, or rerun the stage that writes it"
+        )
+    for key in ("n_rows", "chunk_rows", "columns"):
+        if key not in attrs:
+            raise InputError(f"{path}: attribute {key} is missing")
+    n, chunk = attrs["n_rows"], attrs["chunk_rows"]
+    present = set(group.array_keys())
+    missing = [c for c in (*_REQUIRED[found], *attrs["columns"]) if c not in present]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(dict.fromkeys(missing))} "
+            f"(format {found} needs {', '.join(_REQUIRED[found])})"
+        )
+    for name in attrs["columns"]:
+        arr = group[name]
+        if arr.shape != (n,):
+            raise InputError(
+                f"{path}: column {name!r} has shape {arr.shape}, but attribute n_rows = {n}"
+            )
+        if arr.chunks != (chunk,):
+            raise InputError(
+                f"{path}: column {name!r} has chunks {arr.chunks}, but attribute "
+                f"chunk_rows = {chunk}"
+            )
+        want = STAR_COLUMNS.get(name)
+        if want is not None and np.dtype(arr.dtype) != want.dtype:
+            raise InputError(
+                f"{path}: column {name!r} has dtype {np.dtype(arr.dtype)}, expected {want.dtype}"
+            )
+    return StarCatalog(path=path, group=group)
+
+
+# -- catalogs written in blocks by many processes ---------------------------------------------
+
+BLOCKS_FORMAT = "galmock.blocks/1"
+_LAYOUT = "layout.json"
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Consecutive blocks of known length (one per region) in a dense catalog of ``chunk_rows``.
+
+    Block i holds rows ``offsets[i]:offsets[i + 1]``. A chunk inside one block is written by that
+    block's writer alone; a chunk that a block boundary cuts (an *edge chunk*) is assembled from
+    the blocks' pieces once they are written. So no two writers ever touch the same chunk and
+    the catalog has no padding rows.
+
+    Example:
+        >>> layout = RowLayout((5, 0, 7), chunk_rows=4)
+        >>> layout.offsets.tolist(), layout.edge_chunks()
+        ([0, 5, 5, 12], [1])
+        >>> layout.segments(2)  # (start, stop, is_piece): rows 5:8 share chunk 1 with block 0
+        [(5, 8, True), (8, 12, False)]
+    """
+
+    counts: tuple[int, ...]
+    chunk_rows: int
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows <= 0 or any(int(c) < 0 for c in self.counts):
+            raise ValueError(f"need chunk_rows > 0 and counts >= 0, got {self.chunk_rows}")
+        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Block starts, then the total: ``len(counts) + 1`` int64 values."""
+        return np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)]).astype(np.int64)
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.counts))
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def block(self, i: int) -> tuple[int, int]:
+        """Rows ``(start, stop)`` of block ``i``."""
+        offsets = self.offsets
+        return int(offsets[i]), int(offsets[i + 1])
+
+    def chunk(self, k: int) -> tuple[int, int]:
+        """Rows ``(start, stop)`` of chunk ``k`` (the last one may be short)."""
+        return k * self.chunk_rows, min((k + 1) * self.chunk_rows, self.n_rows)
+
+    def edge_chunks(self) -> list[int]:
+        """Chunks cut by a block boundary, in order."""
+        inner = self.offsets[1:-1]
+        inner = inner[(inner % self.chunk_rows != 0) & (inner < self.n_rows)]
+        return [int(k) for k in np.unique(inner // self.chunk_rows)]
+
+    def segments(self, i: int) -> list[tuple[int, int, bool]]:
+        """Block ``i`` cut at chunk boundaries: ``(start, stop, is_piece)``, in row order.
+
+        A piece is a block's share of an edge chunk; every other segment is a whole chunk.
+        """
+        start, stop = self.block(i)
+        edges = set(self.edge_chunks())
+        out = []
+        a = start
+        while a < stop:
+            k = a // self.chunk_rows
+            b = min((k + 1) * self.chunk_rows, stop)
+            out.append((a, b, k in edges))
+            a = b
+        return out
+
+    def pieces(self, k: int) -> list[tuple[int, int]]:
+        """Row ranges of the pieces that make up edge chunk ``k``, in row order."""
+        c0, c1 = self.chunk(k)
+        offsets = self.offsets
+        return [
+            (max(int(offsets[i]), c0), min(int(offsets[i + 1]), c1))
+            for i in range(len(self.counts))
+            if self.counts[i] and offsets[i] < c1 and offsets[i + 1] > c0
+        ]
+
+
+def columns_sha256(columns: Mapping[str, np.ndarray]) -> str:
+    """Checksum of whole columns (their little-endian bytes), in the mapping's order.
+
+    Example:
+        >>> columns_sha256({"x": np.zeros(3)}) == columns_sha256({"x": np.zeros(3)})
+        True
+    """
+    hashers = {name: hashlib.sha256() for name in columns}
+    for name, values in columns.items():
+        hashers[name].update(_le_view(np.asarray(values)))
+    return _combine(hashers)
+
+
+def _le_view(values: np.ndarray) -> memoryview:
+    """The array's little-endian bytes, without a copy when it already is contiguous LE."""
+    le = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+    return memoryview(le.reshape(-1).view(np.uint8))
+
+
+def _combine(hashers: Mapping[str, Any]) -> str:
+    text = "".join(f"{name}:{h.hexdigest()}\n" for name, h in hashers.items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_current(path: str | Path, fingerprint: str) -> bool:
+    """Whether ``path`` is a complete catalog built for ``fingerprint`` (then nothing to redo)."""
+    try:
+        attrs = dict(zarr.open_group(Path(path), mode="r").attrs)
+    except Exception:  # missing or not a Zarr group: not current
+        return False
+    return attrs.get("complete") is True and attrs.get("fingerprint") == fingerprint
+
+
+class BlockCatalog:
+    """A catalog written in blocks by any number of processes, resumable after a crash or kill.
+
+    The catalog at ``target`` is built in a staging directory beside it,
+    ``.<target name>.partial/``::
+
+        layout.json     what is being built: fingerprint, block counts, chunk_rows, columns
+        <target name>/  the Zarr catalog (``complete: false``)
+        done/           one JSON record per finished block: start, rows, sha256
+        pieces/         edge-chunk pieces, a directory of ``.npy`` columns per piece, named by
+                        its first row
+
+    One process calls :meth:`prepare` (which resumes a staging area built for the same
+    fingerprint, else starts afresh); then any process :meth:`open`\\ s it, streams blocks
+    through :meth:`writer` and :meth:`record`\\ s them, and :meth:`assemble`\\ s edge chunks once
+    every block is done; finally one process calls :meth:`finalize`, which marks the catalog
+    complete and renames it over ``target``. ``target`` is therefore always either the previous
+    complete catalog or the new complete one.
+
+    Example:
+        >>> layout = RowLayout((5, 7), chunk_rows=4)
+        >>> cat = BlockCatalog.prepare("stars.zarr", layout, STAR_COLUMNS, "fp")  # doctest: +SKIP
+        >>> with cat.writer(0) as w:                                 # doctest: +SKIP
+        ...     w.append(columns_of_five_rows)
+        >>> cat.record(w.record)                                     # doctest: +SKIP
+    """
+
+    def __init__(
+        self, target: Path, layout: RowLayout, columns: list[str], fingerprint: str
+    ) -> None:
+        self.target = Path(target)
+        self.layout = layout
+        self.columns = columns
+        self.fingerprint = fingerprint
+
+    @staticmethod
+    def staging_dir(target: str | Path) -> Path:
+        target = Path(target)
+        return target.with_name(f".{target.name}.partial")
+
+    @property
+    def staging(self) -> Path:
+        return self.staging_dir(self.target)
+
+    @property
+    def store(self) -> Path:
+        """The Zarr catalog being written."""
+        return self.staging / self.target.name
+
+    @classmethod
+    def prepare(
+        cls,
+        target: str | Path,
+        layout: RowLayout,
+        columns: Mapping[str, ColumnSpec],
+        fingerprint: str,
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        compressor: str = "blosc-lz4",
+        array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> BlockCatalog:
+        """Resume the staging area if it was built for ``fingerprint`` and ``layout``, else
+        create it afresh (one process only). Leftovers of killed writers are removed."""
+        target = Path(target)
+        staging = cls.staging_dir(target)
+        for old in target.parent.glob(f".{target.name}.old-*"):
+            shutil.rmtree(old, ignore_errors=True)  # a swap killed half-way
+        found = _read_layout_file(staging)
+        wanted = {
+            "format": BLOCKS_FORMAT,
+            "fingerprint": fingerprint,
+            "counts": list(layout.counts),
+            "chunk_rows": layout.chunk_rows,
+            "columns": list(columns),
+        }
+        if found == wanted and (staging / target.name / "zarr.json").is_file():
+            for tmp in (staging / "pieces").glob(".*"):
+                shutil.rmtree(tmp, ignore_errors=True)  # half-written pieces
+            return cls(target, layout, list(columns), fingerprint)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        store = staging / target.name
+        create_catalog(
+            store, columns, layout.n_rows, layout.chunk_rows,
+            {**dict(attrs or {}), "fingerprint": fingerprint}, compressor=compressor,
+        )  # fmt: skip
+        for name, extra in (array_attrs or {}).items():
+            zarr.open_array(store / name, mode="r+").attrs.update(dict(extra))
+        (staging / "done").mkdir()
+        (staging / "pieces").mkdir()
+        # Written last: a staging area without it is incomplete and is started afresh.
+        atomic_write_text(staging / _LAYOUT, json.dumps(wanted, indent=1) + "\n")
+        return cls(target, layout, list(columns), fingerprint)
+
+    @classmethod
+    def open(cls, target: str | Path) -> BlockCatalog:
+        """The staging area :meth:`prepare` made (any process)."""
+        target = Path(target)
+        found = _read_layout_file(cls.staging_dir(target))
+        if found is None:
+            raise InputError(f"{cls.staging_dir(target)}: no block catalog is being written here")
+        layout = RowLayout(tuple(found["counts"]), int(found["chunk_rows"]))
+        return cls(target, layout, list(found["columns"]), str(found["fingerprint"]))
+
+    def done(self) -> dict[int, dict[str, Any]]:
+        """Records of the finished blocks, by block index."""
+        out = {}
+        for path in sorted((self.staging / "done").glob("block-*.json")):
+            record = json.loads(path.read_text())
+            block = int(record["block"])
+            if record.get("rows") == self.layout.counts[block]:
+                out[block] = record
+        return out
+
+    def writer(self, block: int) -> BlockWriter:
+        """A streaming writer for block ``block`` (use one writer per block at a time)."""
+        return BlockWriter(self, block)
+
+    def record(self, record: Mapping[str, Any]) -> None:
+        """Mark a block finished (after its writer closed); atomic, so a kill cannot leave half."""
+        block = int(record["block"])
+        if record.get("rows") != self.layout.counts[block]:
+            raise ValueError(f"block {block}: {record.get('rows')} rows written, expected "
+                             f"{self.layout.counts[block]}")
+        atomic_write_text(
+            self.staging / "done" / f"block-{block:06d}.json", json.dumps(dict(record)) + "\n"
+        )
+
+    def piece_path(self, start: int) -> Path:
+        return self.staging / "pieces" / f"{start:015d}"
+
+    def assemble(self, k: int) -> None:
+        """Write edge chunk ``k`` from its pieces (after every block overlapping it is done)."""
+        parts = []
+        for start, stop in self.layout.pieces(k):
+            path = self.piece_path(start)
+            try:
+                part = {c: np.load(path / f"{c}.npy") for c in self.columns}
+            except (OSError, ValueError) as err:
+                problem = f"piece of chunk {k} missing or unreadable: {err}"
+                raise InputError(f"{path}: {problem}") from None
+            if any(len(v) != stop - start for v in part.values()):
+                raise InputError(f"{path}: piece has the wrong length (expected {stop - start})")
+            parts.append(part)
+        cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
+        c0, c1 = self.layout.chunk(k)
+        arrays = {c: zarr.open_array(self.store / c, mode="r+") for c in self.columns}
+        _write_columns(arrays, c0, c1, cols)
+
+    def finalize(self, attrs: Mapping[str, Any] | None = None) -> Path:
+        """Mark the catalog complete (block records go to attribute ``blocks``) and move it to
+        ``target``, replacing what was there; one process, after every block and edge chunk."""
+        done = self.done()
+        missing = [i for i in range(len(self.layout.counts)) if i not in done]
+        if missing:
+            raise InputError(f"{self.store}: block(s) {missing[:10]} are not written yet")
+        mark_complete(self.store, {**dict(attrs or {}), "blocks": [done[i] for i in sorted(done)]})
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.store, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.target
+
+
+def _writer_threads(columns: int) -> int:
+    # Compression, hashing and file writes release the GIL, and a chunk per column leaves zarr
+    # nothing to overlap, so columns go in parallel threads.
+    return max(1, min(columns, len(os.sched_getaffinity(0))))
+
+
+def _write_columns(
+    arrays: Mapping[str, zarr.Array], start: int, stop: int, cols: Mapping[str, np.ndarray]
+) -> None:
+    """Rows ``start:stop`` of every column, the columns in parallel threads."""
+    with ThreadPoolExecutor(max_workers=_writer_threads(len(arrays))) as pool:
+        done = [pool.submit(arr.__setitem__, slice(start, stop), cols[c])
+                for c, arr in arrays.items()]  # fmt: skip
+        for future in done:
+            future.result()
+
+
+def _read_layout_file(staging: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((staging / _LAYOUT).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == BLOCKS_FORMAT else None
+
+
+class BlockWriter:
+    """Streams one block's rows, in order, into a :class:`BlockCatalog`.
+
+    Whole chunks go straight into the Zarr store as soon as they are filled; the block's
+    share of an edge chunk (at most two pieces) goes to a side file. Memory: at most one
+    chunk plus the last appended batch. The checksum covers every column in catalog order.
+
+    Example:
+        >>> with catalog.writer(3) as w:             # doctest: +SKIP
+        ...     for batch in batches:
+        ...         w.append(batch)
+        >>> w.record["sha256"]                       # doctest: +SKIP
+    """
+
+    def __init__(self, catalog: BlockCatalog, block: int) -> None:
+        self.catalog = catalog
+        self.block = block
+        self.start, self.stop = catalog.layout.block(block)
+        self._segments = list(catalog.layout.segments(block))
+        self._arrays = {
+            c: zarr.open_array(catalog.store / c, mode="r+") for c in catalog.columns
+        }
+        self._dtypes = {c: np.dtype(a.dtype) for c, a in self._arrays.items()}
+        self._hashers = {c: hashlib.sha256() for c in catalog.columns}
+        self._pool = ThreadPoolExecutor(max_workers=_writer_threads(len(catalog.columns)))
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self.rows = 0
+        self.record: dict[str, Any] | None = None
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is None:
+            self.close()
+
+    def append(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append rows (every catalog column, equal lengths; cast to the catalog dtypes)."""
+        if set(columns) != set(self._arrays):
+            raise ValueError(f"block {self.block}: columns {sorted(columns)} differ from the "
+                             f"catalog's {sorted(self._arrays)}")
+        cols = {c: np.asarray(columns[c]).astype(self._dtypes[c], copy=False) for c in self._arrays}
+        n = len(next(iter(cols.values())))
+        if any(len(v) != n for v in cols.values()):
+            raise ValueError(f"block {self.block}: columns differ in length")
+        if self.rows + n > self.stop - self.start:
+            raise ValueError(f"block {self.block}: {self.rows + n} rows appended, the block has "
+                             f"{self.stop - self.start}")
+        self._buffer.append(cols)
+        self._buffered += n
+        self.rows += n
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._segments and self._buffered >= self._segments[0][1] - self._segments[0][0]:
+            a, b, is_piece = self._segments.pop(0)
+            cols = {c: np.concatenate([part[c] for part in self._buffer]) for c in self._arrays}
+            head = {c: v[: b - a] for c, v in cols.items()}
+            rest = {c: v[b - a :] for c, v in cols.items()}
+            self._buffer = [rest] if len(next(iter(rest.values()))) else []
+            self._buffered -= b - a
+            piece = tmp = None
+            if is_piece:
+                piece = self.catalog.piece_path(a)
+                tmp = piece.with_name(f".{piece.name}.{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+            jobs = [self._pool.submit(self._write, c, a, b, head[c], tmp) for c in self._arrays]
+            for job in jobs:
+                job.result()
+            if piece is not None and tmp is not None:
+                shutil.rmtree(piece, ignore_errors=True)  # from a killed earlier attempt
+                os.replace(tmp, piece)
+
+    def _write(self, column: str, a: int, b: int, values: np.ndarray, piece: Path | None) -> None:
+        """Rows ``a:b`` of one column: into the store, or into the piece directory."""
+        # Rows reach a column in order, so hashing here covers the block in order.
+        self._hashers[column].update(_le_view(values))
+        if piece is None:
+            self._arrays[column][a:b] = values
+        else:
+            np.save(piece / f"{column}.npy", values)
+
+    def close(self) -> dict[str, Any]:
+        """Check that the whole block was written; returns (and keeps) the block's record."""
+        if self.rows != self.stop - self.start or self._segments:
+            raise ValueError(f"block {self.block}: {self.rows} rows appended, the block has "
+                             f"{self.stop - self.start}")
+        self._pool.shutdown()
+        self.record = {
+            "block": self.block,
+            "start": self.start,
+            "rows": self.rows,
+            "sha256": _combine(self._hashers),
+        }
+        return self.record

@@ -1,0 +1,254 @@
+"""Upsampling math for one region: star counts, the ownership cut, parents and star columns.
+
+Pure functions of arrays and seeds; no MPI and no files (the stage driver is
+:mod:`galmock.production`). A region with owned particle mass M gets N ~ Poisson(λ) stars,
+λ = sampling_fraction · M / <m> for an IMF (masses drawn from it) or λ = k · n_owned for k
+stars per particle (each star parent mass / k). Stars come from the region's flow ensemble in
+seeded batches; only those inside the region's owned volume are kept, until there are N, so the
+regions tile space seamlessly and each region's stellar mass follows its particle mass. Age and
+[Fe/H] come from the parent: the nearest training particle in standardised 6-D phase space.
+
+Every random draw is seeded from (job seed, region id, batch index) alone, so a region's stars
+do not depend on which rank draws them or when.
+
+Example:
+    >>> counts = star_counts(plan.regions, job.upsample, seed=42)     # doctest: +SKIP
+    >>> matcher = ParentMatcher(train_pos, train_vel)                 # doctest: +SKIP
+    >>> for b, pos, vel in owned_batches(propose, region.contains, counts[3], 10**6, 0.6):
+    ...     cols = star_columns(pos, vel, matcher.query(pos, vel), particles, masses, 3)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from galmock.config import UpsampleConfig
+from galmock.errors import ConfigError, InputError
+from galmock.imf import IMFS, BrokenPowerLawIMF
+from galmock.plan import Region, RegionPlan
+
+# Give up on a region when fewer than this fraction of flow draws land in its owned volume
+# (after MIN_DRAWS draws): the flow does not describe that volume and looping would not end.
+MIN_OWNED_ACCEPTANCE = 1e-4
+MIN_DRAWS = 100_000
+# Ask for this much more than the acceptance so far predicts, so the last batch rarely falls short.
+HEADROOM = 1.05
+
+
+def region_seed(seed: int, *keys: object) -> int:
+    """The 63-bit seed of one draw: ``region_seed(job.seed, "upsample", region, batch)``."""
+    from galmock.train import derive_seed  # torch is only needed once a region samples
+
+    return derive_seed(seed, *keys)
+
+
+def build_imf(cfg: UpsampleConfig) -> BrokenPowerLawIMF:
+    """The configured IMF truncated to ``[mass_min_msun, mass_max_msun]``."""
+    try:
+        return IMFS[cfg.imf](cfg.mass_min_msun, cfg.mass_max_msun)
+    except ValueError as err:
+        raise ConfigError(f"upsample: mass_min_msun/mass_max_msun: {err}") from None
+
+
+def expected_stars(regions: Sequence[Region], cfg: UpsampleConfig) -> np.ndarray:
+    """λ per region (float64): the mean of its Poisson star count.
+
+    Example:
+        >>> expected_stars(plan.regions, job.upsample)  # doctest: +SKIP
+        array([1.2e6, 0.9e6])
+    """
+    if cfg.mode == "imf":
+        mean_mass = build_imf(cfg).mean_mass()
+        mass = np.array([r.owned_mass for r in regions], dtype=np.float64)
+        return cfg.sampling_fraction * mass / mean_mass
+    owned = np.array([r.owned_particles for r in regions], dtype=np.float64)
+    return cfg.stars_per_particle * owned
+
+
+def star_counts(regions: Sequence[Region], cfg: UpsampleConfig, seed: int) -> np.ndarray:
+    """N per region (int64): Poisson draws, each seeded by (seed, region id) alone.
+
+    Known before any star is drawn, so every region's rows in the catalog are fixed up front.
+    """
+    lam = expected_stars(regions, cfg)
+    out = np.empty(len(regions), dtype=np.int64)
+    for i, (r, mean) in enumerate(zip(regions, lam)):
+        rng = np.random.default_rng(region_seed(seed, "upsample-count", r.id))
+        out[i] = rng.poisson(mean)
+    return out
+
+
+def owned_volume(plan: RegionPlan, region_id: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Mask function of positions (n, 3) inside what ``region_id`` owns.
+
+    A k-d tree region owns its box ``[lower, upper)``; the sphere plan's region owns its ball.
+    """
+    if plan.kind == "kdtree":
+        return plan.regions[region_id].contains
+    return lambda pos: plan.owner(pos) == region_id
+
+
+def owned_acceptance_prior(region: Region) -> float:
+    """A first guess of the fraction of flow draws inside the owned volume (it sizes the first
+    batch only; later batches use the fraction seen so far)."""
+    total = region.training_particles + region.holdout_particles
+    return float(np.clip(region.owned_particles / max(total, 1), 0.05, 1.0))
+
+
+def owned_batches(
+    propose: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+    owns: Callable[[np.ndarray], np.ndarray],
+    n_stars: int,
+    batch_rows: int,
+    prior: float = 0.5,
+    label: str = "region",
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(batch, pos, vel)`` of owned stars until ``n_stars`` in all, in order.
+
+    ``propose(m, batch)`` returns m flow draws (positions, velocities; float64 (m, 3)) seeded
+    by the batch index; ``owns(pos)`` is the ownership mask. Each batch asks for at most
+    ``batch_rows`` draws (the memory bound), sized from the acceptance so far so that a small
+    region does not draw a whole batch. Everything here is a function of the draws, so the
+    output is fixed by the seeds.
+
+    Raises:
+        InputError: the owned volume catches almost no draws (names ``label``).
+    """
+    got = drawn = kept = 0
+    batch = 0
+    acceptance = prior
+    while got < n_stars:
+        need = n_stars - got
+        m = min(batch_rows, math.ceil(need / acceptance * HEADROOM) + 64)
+        pos, vel = propose(m, batch)
+        inside = np.asarray(owns(pos), dtype=bool)
+        drawn += len(pos)
+        kept += int(inside.sum())
+        if kept < MIN_OWNED_ACCEPTANCE * drawn and drawn >= MIN_DRAWS:
+            raise InputError(
+                f"{label}: only {kept} of {drawn} flow draws fall inside the region's owned "
+                "volume; the model does not describe this region (wrong flows.load?)"
+            )
+        acceptance = max(kept / drawn, MIN_OWNED_ACCEPTANCE) if drawn else prior
+        take = np.flatnonzero(inside)[:need]
+        got += len(take)
+        yield batch, pos[take], vel[take]
+        batch += 1
+
+
+class ParentMatcher:
+    """Nearest particle in standardised 6-D phase space (each coordinate / its std).
+
+    On the CPU a k-d tree; with a CUDA ``device`` (or ``brute=True``) an exact brute-force
+    search in float64 with torch (a CPU tree answers ~1e5 queries/s per core, far below a GPU
+    flow's sampling rate).
+
+    Example:
+        >>> matcher = ParentMatcher(train_pos, train_vel)   # doctest: +SKIP
+        >>> parent = matcher.query(star_pos, star_vel)       # row indices into train_*
+    """
+
+    def __init__(
+        self, pos: np.ndarray, vel: np.ndarray, device: Any = None, brute: bool | None = None
+    ) -> None:
+        x = np.hstack([np.asarray(pos, np.float64), np.asarray(vel, np.float64)])
+        if len(x) == 0:
+            raise InputError("parent matching needs at least one particle")
+        self.mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        self.scale = np.where(scale > 0, scale, 1.0)  # a constant coordinate carries no distance
+        z = (x - self.mean) / self.scale
+        on_gpu = device is not None and str(device).startswith("cuda")
+        self.device = (device or "cpu") if (on_gpu if brute is None else brute) else None
+        if self.device is None:
+            # Unbalanced, non-compact: twice as fast to query on clustered (galaxy) data.
+            self.tree = cKDTree(z, balanced_tree=False, compact_nodes=False)
+        else:
+            import torch
+
+            self.points = torch.as_tensor(z, dtype=torch.float64, device=self.device)
+
+    def query(self, pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
+        """Index of each star's parent (int64)."""
+        x = np.hstack([np.asarray(pos, np.float64), np.asarray(vel, np.float64)])
+        if len(x) == 0:
+            return np.zeros(0, dtype=np.int64)
+        z = (x - self.mean) / self.scale
+        if self.device is not None:
+            return self._query_torch(z)
+        # One worker: the ranks already use the cores, and ties then resolve the same way.
+        _, idx = self.tree.query(z, k=1, workers=1)
+        return np.asarray(idx, dtype=np.int64)
+
+    def _query_torch(self, z: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = np.empty(len(z), dtype=np.int64)
+        rows = max(1, (1 << 27) // len(self.points))  # <= 1 GiB of float64 distances at a time
+        for start in range(0, len(z), rows):
+            q = torch.as_tensor(z[start : start + rows], dtype=torch.float64, device=self.device)
+            # Direct differences, not the |a|^2 + |b|^2 - 2ab shortcut, which cancels badly.
+            d = torch.cdist(q, self.points, compute_mode="donot_use_mm_for_euclid_dist")
+            out[start : start + rows] = d.argmin(dim=1).cpu().numpy()
+        return out
+
+
+@dataclass(frozen=True)
+class Particles:
+    """A region's training particles, the parents' source: float64 (n, 3) ``pos``/``vel``,
+    and per-particle ``id``, ``mass``, ``age``, ``feh`` (NaN where the source has none)."""
+
+    pos: np.ndarray
+    vel: np.ndarray
+    id: np.ndarray
+    mass: np.ndarray
+    age: np.ndarray
+    feh: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.id)
+
+
+def star_masses(
+    cfg: UpsampleConfig,
+    n: int,
+    parent_mass: np.ndarray,
+    rng: np.random.Generator,
+    imf: BrokenPowerLawIMF | None = None,
+) -> np.ndarray:
+    """Masses (Msun): IMF draws (imf mode) or parent mass / stars_per_particle (fixed mode)."""
+    if cfg.mode == "imf":
+        return (imf or build_imf(cfg)).sample(n, rng)
+    return np.asarray(parent_mass, dtype=np.float64) / cfg.stars_per_particle
+
+
+def star_columns(
+    pos: np.ndarray,
+    vel: np.ndarray,
+    parent: np.ndarray,
+    particles: Particles,
+    mass: np.ndarray,
+    region_id: int,
+) -> dict[str, np.ndarray]:
+    """The catalog columns of a batch (dtypes as in :data:`galmock.store.STAR_COLUMNS`)."""
+    n = len(pos)
+    cols: Mapping[str, np.ndarray] = {
+        "x": pos[:, 0],
+        "y": pos[:, 1],
+        "z": pos[:, 2],
+        "vx": vel[:, 0].astype(np.float32),
+        "vy": vel[:, 1].astype(np.float32),
+        "vz": vel[:, 2].astype(np.float32),
+        "mass": np.asarray(mass, dtype=np.float32),
+        "age": particles.age[parent].astype(np.float32),
+        "feh": particles.feh[parent].astype(np.float32),
+        "parent_id": particles.id[parent].astype(np.int64),
+        "region": np.full(n, region_id, dtype=np.int32),
+    }
+    return dict(cols)

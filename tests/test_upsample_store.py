@@ -1,0 +1,126 @@
+"""Block-written catalogs: chunk-aligned regions, edge pieces, resume, and the final swap."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import galmock
+from galmock.store import (
+    STAR_COLUMNS,
+    BlockCatalog,
+    RowLayout,
+    columns_sha256,
+    is_current,
+    open_catalog,
+    write_star_catalog,
+)
+
+
+def rows(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {c: (rng.normal(size=n) * 100).astype(s.dtype) for c, s in STAR_COLUMNS.items()}
+
+
+def test_layout_blocks_pieces_and_edge_chunks() -> None:
+    layout = RowLayout((3, 0, 10, 2, 5), chunk_rows=4)
+    assert layout.offsets.tolist() == [0, 3, 3, 13, 15, 20] and layout.n_chunks == 5
+    # Boundaries at 3, 13, 15 cut chunks 0 and 3; 20 is the end, not a cut.
+    assert layout.edge_chunks() == [0, 3]
+    assert layout.segments(2) == [(3, 4, True), (4, 8, False), (8, 12, False), (12, 13, True)]
+    assert layout.segments(1) == [] and layout.segments(4) == [(15, 16, True), (16, 20, False)]
+    assert layout.pieces(3) == [(12, 13), (13, 15), (15, 16)]
+    # Every row is in exactly one segment; whole-chunk segments are whole chunks.
+    covered = sorted((a, b) for i in range(5) for a, b, _ in layout.segments(i))
+    assert covered[0][0] == 0 and covered[-1][1] == 20
+    assert all(b0 == a1 for (_, b0), (a1, _) in itertools.pairwise(covered))
+    assert RowLayout((4, 4), 4).edge_chunks() == [] and RowLayout((), 4).n_rows == 0
+
+
+def write_blocks(cat: BlockCatalog, data: dict[str, np.ndarray], order, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for i in order:
+        a, b = cat.layout.block(i)
+        with cat.writer(i) as w:
+            cuts = np.sort(rng.integers(a, b + 1, size=3))  # uneven batches, some empty
+            for lo, hi in zip([a, *cuts], [*cuts, b]):
+                w.append({c: v[lo:hi] for c, v in data.items()})
+        cat.record(w.record)
+
+
+def test_blocks_in_any_order_give_a_dense_catalog_with_checksums(tmp_path) -> None:
+    counts = (7, 0, 23, 1, 40, 9)
+    data = rows(sum(counts), 0)
+    target = tmp_path / "stars.zarr"
+    layout = RowLayout(counts, chunk_rows=8)
+    cat = BlockCatalog.prepare(target, layout, STAR_COLUMNS, "fp-1", {"job": "t"},
+                               array_attrs={"x": {"frame": "test"}})
+    write_blocks(cat, data, [4, 0, 5, 2, 1, 3], seed=1)
+    other = BlockCatalog.open(target)  # what another rank sees
+    for k in other.layout.edge_chunks():
+        other.assemble(k)
+    assert not target.exists()  # nothing visible until finalize
+    other.finalize({"extra": 1})
+    out = open_catalog(target)
+    assert len(out) == sum(counts) and out.chunk_rows == 8
+    for c, v in out.read().items():
+        np.testing.assert_array_equal(v, data[c])
+    attrs = out.attrs
+    assert attrs["fingerprint"] == "fp-1" and attrs["job"] == "t" and attrs["extra"] == 1
+    assert out.array("x").attrs["frame"] == "test"
+    for rec in attrs["blocks"]:
+        a, b = rec["start"], rec["start"] + rec["rows"]
+        assert rec["sha256"] == columns_sha256({c: v[a:b] for c, v in data.items()})
+    assert [p.name for p in tmp_path.iterdir()] == ["stars.zarr"]  # staging removed
+    assert is_current(target, "fp-1") and not is_current(target, "fp-2")
+
+
+def test_resume_keeps_finished_blocks_and_a_new_fingerprint_starts_afresh(tmp_path) -> None:
+    target = tmp_path / "stars.zarr"
+    layout = RowLayout((5, 6), chunk_rows=4)
+    data = rows(11, 2)
+    cat = BlockCatalog.prepare(target, layout, STAR_COLUMNS, "fp")
+    write_blocks(cat, data, [1], seed=0)
+    # A region killed half-way: rows appended, never closed or recorded.
+    cat.writer(0).append({c: v[:2] for c, v in data.items()})
+    assert sorted(BlockCatalog.prepare(target, layout, STAR_COLUMNS, "fp").done()) == [1]
+    assert BlockCatalog.prepare(target, layout, STAR_COLUMNS, "other").done() == {}
+
+
+def test_finalize_replaces_an_old_catalog_only_when_complete(tmp_path) -> None:
+    target = tmp_path / "stars.zarr"
+    write_star_catalog(target, rows(3, 0), chunk_rows=2)
+    layout = RowLayout((4,), chunk_rows=2)
+    cat = BlockCatalog.prepare(target, layout, STAR_COLUMNS, "new")
+    with pytest.raises(Exception, match=r"block\(s\) \[0\] are not written yet"):
+        cat.finalize()
+    assert len(open_catalog(target)) == 3  # the old catalog is intact meanwhile
+    write_blocks(cat, rows(4, 5), [0], seed=0)
+    cat.finalize()
+    assert len(open_catalog(target)) == 4
+
+
+def test_writer_refuses_wrong_row_counts(tmp_path) -> None:
+    cat = BlockCatalog.prepare(tmp_path / "s.zarr", RowLayout((3,), 2), STAR_COLUMNS, "fp")
+    w = cat.writer(0)
+    with pytest.raises(ValueError, match="4 rows appended, the block has 3"):
+        w.append(rows(4, 0))
+    w.append(rows(2, 0))
+    with pytest.raises(ValueError, match="2 rows appended, the block has 3"):
+        w.close()
+    with pytest.raises(ValueError, match="columns"):
+        w.append({"x": np.zeros(1)})
+
+
+def test_open_catalog_is_exported_and_lazy(tmp_path) -> None:
+    data = rows(25, 3)
+    path = write_star_catalog(tmp_path / "stars.zarr", data, chunk_rows=10)
+    cat = galmock.open_catalog(path)
+    df = cat.to_dataframe(["x", "region"])
+    assert df.npartitions == 3 and list(df.columns) == ["x", "region"]
+    frame = df.compute()
+    np.testing.assert_array_equal(frame["x"].to_numpy(), data["x"])
+    assert frame.index.tolist() == list(range(25))
+    assert cat.to_dask(["mass"])["mass"].chunks == ((10, 10, 5),)
