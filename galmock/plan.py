@@ -410,7 +410,9 @@ def _enclosing_ball(points: np.ndarray) -> tuple[tuple[float, float, float], flo
     lo, hi = points.min(axis=0), points.max(axis=0)
     centre = 0.5 * (lo + hi)
     radius = float(np.sqrt(((points - centre) ** 2).sum(axis=1).max()))
-    return tuple(float(v) for v in centre), radius
+    # Slack of 1e-9 relative: other code (torch norms in the flows' preprocessing) may compute
+    # the farthest particle's distance an ulp larger; the ball must still contain it.
+    return tuple(float(v) for v in centre), radius * (1.0 + 1e-9)
 
 
 def _within(pos: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:

@@ -297,7 +297,7 @@ def _train(job: JobConfig, rank: Rank) -> None:
         t0 = time.perf_counter()
         workdir = models / f"region-{rid:04d}.work"
         try:
-            fit_ensemble(pos, vel, job.flows, seed, region.centre, covering_radius(pos, region),
+            fit_ensemble(pos, vel, job.flows, seed, region.centre, region.radius,
                          workdir=workdir, artifact=artifact)
         except GalmockError as err:
             raise type(err)(f"region {rid}: {err}") from err
@@ -312,16 +312,6 @@ def _train(job: JobConfig, rank: Rank) -> None:
              len(mine), len(trained), time.perf_counter() - started, peak_memory_mib())
     if rank.rank == 0:
         print(f"{len(plan.regions)} region model(s) in {models}")
-
-
-def covering_radius(pos: np.ndarray, region: Any) -> float:
-    """The plan's ball radius, raised by the rounding (an ulp or so) by which the flows'
-    distance computation may exceed it, so that every training particle is inside."""
-    import torch
-
-    centre = torch.tensor(region.centre, dtype=torch.float64)
-    dist = torch.linalg.vector_norm(torch.from_numpy(pos) - centre, dim=1)
-    return max(float(region.radius), float(dist.max()) if len(dist) else 0.0)
 
 
 def _check_pretrained(job: JobConfig, plan: RegionPlan, rank: Rank) -> None:
