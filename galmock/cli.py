@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from galmock import __version__
 from galmock.errors import GalmockError, NotImplementedStageError
@@ -22,8 +23,19 @@ STAGE_HELP = {
     "selections/)",
     "validate": "compare upsamplers with classifier tests; writes <run>/report/",
     "run": "run the stages in order (ingest, plan, train, upsample, convert, validate)",
-    "submit": "render the Slurm scripts and submit the stage chain with sbatch",
+    "submit": "render the Slurm scripts into <run>/slurm/ and submit the stage chain with sbatch",
     "status": "show each stage's Slurm state and progress",
+    "suite": "train the conditional galaxy model (GalacticFlow) on the job's suite of galaxies",
+    "generate": "sample a galaxy from a conditional galaxy model into <run>/particles.zarr",
+}
+
+# Commands outside the stage chain: "module:function", each taking the JobConfig and the
+# parsed arguments.
+COMMANDS = {
+    "submit": "galmock.submit:submit_command",
+    "status": "galmock.status:status_command",
+    "suite": "galmock.suite:suite_command",
+    "generate": "galmock.generate:generate_command",
 }
 
 
@@ -49,9 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a job key, e.g. --set galaxy.demo.n_particles=20000 (repeatable)",
         )
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        if name == "run":
+        if name in ("run", "submit"):
             p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0])
             p.add_argument("--until", dest="last", choices=STAGES, default=STAGES[-1])
+        if name == "submit":
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="render the scripts and print the sbatch commands without submitting",
+            )
 
     models = sub.add_parser(
         "models",
@@ -89,6 +107,19 @@ def _models(args: argparse.Namespace) -> None:
         print(f"registered {entry.name} -> {entry.location}")
 
 
+def _command(name: str) -> Any:
+    import importlib
+
+    module_name, _, function = COMMANDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise NotImplementedStageError(f"'{name}' is not implemented yet") from None
+    return getattr(module, function)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -109,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "run":
             run_pipeline(job, args.first, args.last)
         else:
-            raise NotImplementedStageError(f"'{args.command}' is not implemented yet")
+            _command(args.command)(job, args)
     except NotImplementedStageError as err:
         print(f"galmock {args.command}: {err}", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
