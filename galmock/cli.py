@@ -32,8 +32,8 @@ STAGE_HELP = {
 # Commands outside the stage chain: "module:function", each taking the JobConfig and the
 # parsed arguments.
 COMMANDS = {
-    "submit": "galmock.submit:submit_command",
-    "status": "galmock.status:status_command",
+    "submit": "galmock.slurm:submit_command",
+    "status": "galmock.slurm:status_command",
     "suite": "galmock.suite:suite_command",
     "generate": "galmock.generate:generate_command",
 }
