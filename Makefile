@@ -16,7 +16,7 @@ $(BIN)/galmock: pyproject.toml
 install: $(BIN)/galmock
 
 demo: install
-	$(BIN)/galmock run jobs/demo.yaml --until convert
+	$(BIN)/galmock run jobs/demo.yaml
 
 lint: install
 	$(BIN)/ruff check .

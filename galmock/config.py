@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -81,8 +82,9 @@ class UnitsConfig(Section):
 
 
 class GalaxyConfig(Section):
-    source: Literal["demo", "gadget", "table", "pynbody"]
+    source: Literal["demo", "gadget", "table", "pynbody", "model"]
     path: str | None
+    model: str | None
     demo: DemoConfig
     gadget: GadgetConfig
     columns: dict[Literal[PARTICLE_FIELDS], str | None]  # type: ignore[valid-type]
@@ -156,6 +158,15 @@ class FlowsConfig(Section):
     threads: Literal["auto"] | PositiveInt
 
 
+class PropertyFlowConfig(Section):
+    """``upsample.property_flow``: the per-region p(age, [Fe/H] | x, v) (zuko NSF)."""
+
+    transforms: PositiveInt
+    hidden_features: PositiveInt
+    hidden_layers: PositiveInt
+    spline_bins: Annotated[int, Field(ge=2)]
+
+
 class UpsampleConfig(Section):
     mode: Literal["imf", "fixed"]
     imf: Literal["kroupa2001"]
@@ -164,6 +175,7 @@ class UpsampleConfig(Section):
     sampling_fraction: Annotated[float, Field(gt=0, le=1)]
     stars_per_particle: PositiveFloat
     properties: Literal["parent", "flow"]
+    property_flow: PropertyFlowConfig
     chunk_rows: PositiveInt
     compressor: Literal["blosc-lz4", "zstd", "none"]
     batch_rows: PositiveInt
@@ -188,26 +200,182 @@ class ConvertConfig(Section):
 
 
 class ValidateConfig(Section):
-    upsamplers: list[str]
+    upsamplers: Annotated[list[str], Field(min_length=1)]
     oversample: PositiveFloat
-    classifier_hidden: list[PositiveInt]
-    classifier_patience_epochs: PositiveInt
+    enbid_bandwidth_factor: PositiveFloat
+    classifier_hidden: Annotated[list[PositiveInt], Field(min_length=1)]
     classifier_learning_rate: PositiveFloat
+    classifier_batch_size: PositiveInt
+    classifier_validation_fraction: Annotated[float, Field(gt=0, lt=1)]
+    classifier_patience_epochs: PositiveInt
+    classifier_max_epochs: PositiveInt
+    classifier_device: str
+    truth: Literal["auto"] | bool
+    truth_oversample: PositiveFloat | None
+    max_test_particles: Annotated[int, Field(ge=10)] | None
+    figures: bool
+    figure_stars: PositiveInt
+    seam_width_kpc: PositiveFloat
+
+
+# Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or UNLIMITED / INFINITE).
+_SLURM_TIME = re.compile(r"(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE)")
+# Slurm's --mem: an integer with an optional K, M, G or T suffix (MiB without one).
+_SLURM_MEMORY = re.compile(r"\d+[KMGT]?")
+# partition, account, qos: one word (they go into #SBATCH lines unquoted).
+SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:+-]+$")]
+
+
+def _slurm_time(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 10:00 as the number 600.
+        raise ValueError(
+            f"{value!r} is a number: quote the time limit, e.g. \"02:00:00\" (YAML reads an "
+            "unquoted 02:00:00 as a number of seconds)"
+        )
+    if value is not None and not _SLURM_TIME.fullmatch(str(value)):
+        raise ValueError(
+            f"not a Slurm time limit {value!r}: use M, M:S, H:M:S, D-H, D-H:M or D-H:M:S "
+            "(e.g. 02:30:00 or 1-12:00:00)"
+        )
+    return value
+
+
+def _slurm_memory(value: str | None) -> str | None:
+    if value is not None and not _SLURM_MEMORY.fullmatch(value):
+        raise ValueError(f"not a Slurm memory size {value!r}: use e.g. 4000 (MiB), 64G or 1T")
+    return value
+
+
+def _sbatch_options(value: list[str] | None) -> list[str] | None:
+    for item in value or []:
+        if "\n" in item or not item.strip().startswith("-"):
+            raise ValueError(f"{item!r} is not one sbatch option (e.g. --constraint=a100)")
+    return value
+
+
+class SlurmStageConfig(Section):
+    """Overrides for one stage's job: an absent (null) key takes the ``slurm`` section's value;
+    ``extra_directives`` are added to the section's."""
+
+    partition: SlurmName | None = None
+    account: SlurmName | None = None
+    qos: SlurmName | None = None
+    time: str | None = None
+    nodes: PositiveInt | None = None
+    tasks_per_node: PositiveInt | None = None
+    gpus_per_node: Annotated[int, Field(ge=0)] | None = None
+    cpus_per_task: PositiveInt | None = None
+    memory: str | None = None
+    extra_directives: list[str] | None = None
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _options(cls, value: list[str] | None) -> list[str] | None:
+        return _sbatch_options(value)
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> str | None:
+        return _slurm_time(value)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return _slurm_memory(value)
 
 
 class SlurmConfig(Section):
-    partition: str | None
-    account: str | None
-    qos: str | None
+    partition: SlurmName | None
+    account: SlurmName | None
+    qos: SlurmName | None
     time: str
     nodes: PositiveInt
     tasks_per_node: PositiveInt
     gpus_per_node: Annotated[int, Field(ge=0)]
+    gpu_request: Literal["gpus-per-task", "gres"]
     cpus_per_task: PositiveInt
     memory: str | None
-    mpi_launcher: str
+    mpi_launcher: Annotated[str, Field(min_length=1)]
+    galmock_command: str | None
     setup: list[str]
     extra_directives: list[str]
+    requeue: bool
+    signal_lead_s: Annotated[int, Field(ge=0)]
+    templates: str | None
+    stages: dict[
+        Literal["ingest", "plan", "train", "upsample", "convert", "validate"], SlurmStageConfig
+    ]
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        return _sbatch_options(value) or []
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> str | None:
+        return _slurm_time(value)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return _slurm_memory(value)
+
+
+class SuiteDemoConfig(Section):
+    n_galaxies: Annotated[int, Field(ge=2)]
+    log_mass_min: float
+    log_mass_max: float
+    n_particles: Annotated[int, Field(ge=10)]
+
+
+class SuiteReportConfig(Section):
+    mmd_rows: Annotated[int, Field(ge=8)]
+    corner_rows: Annotated[int, Field(ge=10)]
+
+
+class SuiteConfig(Section):
+    """``suite``: the conditional galaxy model (GalacticFlow) and its training suite."""
+
+    galaxies: list[dict[str, Any]]
+    demo: SuiteDemoConfig
+    particles_per_galaxy: PositiveInt | None
+    leave_out: Annotated[int, Field(ge=0)] | list[str]
+    layers: PositiveInt
+    hidden_features: PositiveInt
+    hidden_layers: PositiveInt
+    spline_bins: Annotated[int, Field(ge=2)]
+    spline_bound: PositiveFloat
+    activation: Literal["gelu", "relu", "elu", "silu", "tanh"]
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    learning_rate: PositiveFloat
+    lr_decay: Annotated[float, Field(gt=0, le=1)]
+    lr_decay_every_steps: PositiveInt
+    lr_slow_below: NonNegativeFloat
+    lr_slow_decay_every_steps: PositiveInt
+    checkpoint_every_epochs: PositiveInt
+    device: str
+    threads: Literal["auto"] | PositiveInt
+    register_as: str | None
+    report: SuiteReportConfig
+
+
+class GenerateParameters(Section):
+    stellar_mass_msun: PositiveFloat | None
+    tau50_gyr: float | None
+    tau10_gyr: float | None
+    mean_feh: float | None
+
+
+class GenerateConfig(Section):
+    """``generate``: one galaxy sampled from a galaxy model (``galmock generate``)."""
+
+    parameters: GenerateParameters
+    n_particles: PositiveInt
+    batch_rows: PositiveInt
+    device: str
 
 
 class JobConfig(Section):
@@ -224,6 +392,8 @@ class JobConfig(Section):
     convert: ConvertConfig
     validation: Annotated[ValidateConfig, Field(alias="validate")]
     slurm: SlurmConfig
+    suite: SuiteConfig
+    generate: GenerateConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -18,6 +18,10 @@ whole chunks and the few chunks two regions share are assembled from side pieces
 after a crash skips them and redoes the rest, and the catalog only replaces ``stars.zarr`` once
 complete. A complete catalog built from the same inputs is left alone.
 
+Preemption (:mod:`galmock.preempt`): on SIGUSR1 or SIGTERM, training checkpoints at the next
+epoch boundary and upsampling stops after the batch it is writing (that region is redone by the
+rerun); every rank drains the queue without starting new work and the stage exits 75.
+
 Example:
     >>> train_stage(load_job("jobs/demo.yaml"))      # doctest: +SKIP
     >>> upsample_stage(load_job("jobs/demo.yaml"))   # doctest: +SKIP
@@ -40,9 +44,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from galmock import __version__
+from galmock import __version__, preempt
 from galmock.config import FlowsConfig, JobConfig
-from galmock.errors import ConfigError, GalmockError, InputError
+from galmock.errors import GalmockError, InputError
 from galmock.parallel.mpi import SerialComm, run_tasks, world
 from galmock.plan import RegionPlan, holdout_mask, read_plan
 
@@ -264,7 +268,7 @@ def _model_identity(location: str) -> dict[str, Any]:
 def train_stage(job: JobConfig) -> None:
     """``galmock train``: every region's flow ensemble into ``<run>/models/``."""
     rank = setup_rank(job.flows)
-    with _abort_on_error(rank, "train"):
+    with preempt.handling(), _abort_on_error(rank, "train"):
         _train(job, rank)
 
 
@@ -283,6 +287,8 @@ def _train(job: JobConfig, rank: Rank) -> None:
     def work(rid: int) -> None:
         from galmock.train import fit_ensemble
 
+        if preempt.requested():
+            return  # preempted: drain the queue without starting work; the rerun does it
         if not data:
             data.append(RegionParticles(job.run_dir, plan))
         region = plan.regions[rid]
@@ -290,6 +296,10 @@ def _train(job: JobConfig, rank: Rank) -> None:
         seed = derive_seed(job.seed, "train", rid)
         artifact = models / f"region-{rid:04d}"
         ok, why = artifact_matches(artifact, pos, vel, job.flows, seed)
+        if job.upsample.properties == "flow":
+            from galmock.flows.property_flow import train_region_properties
+
+            train_region_properties(job, data[0].particles(rid), rid, models)
         if ok:
             log.info("%s: region %d: artifact up to date, skipped", rank, rid)
             return
@@ -299,6 +309,9 @@ def _train(job: JobConfig, rank: Rank) -> None:
         try:
             fit_ensemble(pos, vel, job.flows, seed, region.centre, region.radius,
                          workdir=workdir, artifact=artifact)
+        except preempt.Preempted as stop:
+            log.info("%s: region %d: %s; the rerun resumes from %s", rank, rid, stop, workdir)
+            return
         except GalmockError as err:
             raise type(err)(f"region {rid}: {err}") from err
         shutil.rmtree(workdir, ignore_errors=True)  # the artifact supersedes the checkpoints
@@ -308,6 +321,8 @@ def _train(job: JobConfig, rank: Rank) -> None:
 
     order = sorted(range(len(plan.regions)), key=lambda r: (-plan.regions[r].training_particles, r))
     mine = run_tasks(order, work, rank.comm, describe=lambda r: f"region {r}")
+    if preempt.anywhere(rank.comm):
+        preempt.exit_preempted("train", f"{len(trained)} region(s) trained by {rank}")
     log.info("%s: %d region(s) handled, %d trained, in %.1f s, peak memory %.0f MiB", rank,
              len(mine), len(trained), time.perf_counter() - started, peak_memory_mib())
     if rank.rank == 0:
@@ -341,17 +356,12 @@ def _check_pretrained(job: JobConfig, plan: RegionPlan, rank: Rank) -> None:
 
 def upsample_stage(job: JobConfig) -> None:
     """``galmock upsample``: every region's stars into ``<run>/stars.zarr``."""
-    if job.upsample.properties == "flow":
-        raise ConfigError(
-            "upsample.properties = 'flow': property flows are not implemented yet; use 'parent' "
-            "(age and [Fe/H] from the nearest training particle)"
-        )
     if job.upsample.mode == "imf":
         from galmock.upsample import build_imf
 
         build_imf(job.upsample)  # a bad mass range fails here, before any rank starts work
     rank = setup_rank(job.flows)
-    with _abort_on_error(rank, "upsample"):
+    with preempt.handling(), _abort_on_error(rank, "upsample"):
         _upsample(job, rank)
 
 
@@ -393,6 +403,8 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
     sampler = _RegionSampler(job, plan, rank, catalog, counts, lam, locations)
     started, cpu = time.perf_counter(), time.process_time()
     run_tasks(pending, sampler.run, rank.comm, describe=lambda r: f"region {r}")
+    if preempt.anywhere(rank.comm):
+        preempt.exit_preempted("upsample", f"{sampler.regions} region(s) finished by {rank}")
     run_tasks(catalog.layout.edge_chunks(), catalog.assemble, rank.comm,
               describe=lambda k: f"edge chunk {k}")
     elapsed = time.perf_counter() - started
@@ -440,6 +452,12 @@ def _fingerprint(
         "counts": counts.tolist(),
         "models": [_model_identity(loc) for loc in locations],
     }
+    if job.upsample.properties == "flow":
+        # Retraining only the property flows must invalidate the catalog too.
+        models = job.run_dir / "models"
+        payload["property_flows"] = [
+            _model_identity(str(models / f"region-{r.id:04d}-properties")) for r in plan.regions
+        ]
     text = json.dumps(payload, sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -485,6 +503,8 @@ class _RegionSampler:
         )
 
         job, cfg, rank = self.job, self.job.upsample, self.rank
+        if preempt.requested():
+            return  # preempted: drain the queue without starting work; the rerun does it
         n = int(self.counts[rid])
         region = self.plan.regions[rid]
         t0 = time.perf_counter()
@@ -503,6 +523,7 @@ class _RegionSampler:
             model.configure(chunk_rows=resolve_chunk_rows(job.flows.chunk_rows, rank.device),
                             compile=resolve_compile(job.flows.compile, rank.device))
             imf = build_imf(cfg) if cfg.mode == "imf" else None
+            properties = _property_flow(job, rid, rank.device)
 
             def propose(m: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
                 t = time.perf_counter()
@@ -522,12 +543,23 @@ class _RegionSampler:
                 rng = np.random.default_rng(region_seed(job.seed, "upsample-mass", rid, batch))
                 mass = star_masses(cfg, len(pos), particles.mass[parent], rng, imf)
                 cols = star_columns(pos, vel, parent, particles, mass, rid)
+                if properties is not None:  # upsample.properties: flow
+                    gen = torch.Generator().manual_seed(
+                        region_seed(job.seed, "upsample-properties", rid, batch))
+                    for name, values in properties.sample(pos, vel, gen).items():
+                        cols[name] = values.astype(np.float32)
                 stellar_mass += float(cols["mass"].astype(np.float64).sum())
                 spent["parents"] += time.perf_counter() - t
                 t = time.perf_counter()
                 writer.append(cols)
                 spent["write"] += time.perf_counter() - t
                 batches += 1
+                if preempt.requested():
+                    # Stop between batches; the region is not recorded, so the rerun redoes it
+                    # (its batches are seeded, so identically).
+                    log.info("%s: region %d: preempted after %d batch(es), %d of %d stars; "
+                             "left for the rerun", rank, rid, batches, writer.rows, n)
+                    return
                 if time.perf_counter() - last > PROGRESS_SECONDS:
                     last = time.perf_counter()
                     log.info("%s: region %d: %d of %d stars (%.0f%%)", rank, rid, writer.rows, n,
@@ -547,3 +579,16 @@ class _RegionSampler:
         log.info("%s: region %d: %d stars in %d batch(es), %.1f s (%.0f stars/s; flow %.1f s, "
                  "parents %.1f s, write %.1f s)", rank, rid, n, batches, dt, n / max(dt, 1e-9),
                  spent["flow"], spent["parents"], spent["write"])
+
+
+def _property_flow(job: JobConfig, rid: int, device: Any) -> Any:
+    """``upsample.properties: flow``: region ``rid``'s property flow (else None)."""
+    if job.upsample.properties != "flow":
+        return None
+    from galmock.flows.property_flow import load_property_flow
+
+    location = job.run_dir / "models" / f"region-{rid:04d}-properties"
+    if not (location / "manifest.json").is_file():
+        raise InputError(f"{location}: no property flow; run `galmock train` with "
+                         "upsample.properties: flow (it trains one per region)")
+    return load_property_flow(location, device=device)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from galmock.atomic import atomic_write_text
 from galmock.config import JobConfig
-from galmock.errors import NotImplementedStageError
 from galmock.production import train_stage, upsample_stage
 
 STAGES = ("ingest", "plan", "train", "upsample", "convert", "validate")
@@ -52,11 +51,10 @@ def _convert(job: JobConfig) -> None:
     print(result.summary())
 
 
-def _not_yet(stage: str) -> Callable[[JobConfig], None]:
-    def run(job: JobConfig) -> None:
-        raise NotImplementedStageError(f"stage '{stage}' is not implemented yet")
+def _validate(job: JobConfig) -> None:
+    from galmock.validate import validate
 
-    return run
+    validate(job)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[JobConfig], None]] = {
@@ -65,7 +63,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[JobConfig], None]] = {
     "train": train_stage,
     "upsample": upsample_stage,
     "convert": _convert,
-    "validate": _not_yet("validate"),
+    "validate": _validate,
 }
 
 

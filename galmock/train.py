@@ -41,6 +41,7 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from galmock import preempt
 from galmock.atomic import atomic_directory
 from galmock.config import FlowsConfig
 from galmock.errors import GalmockError, InputError
@@ -222,12 +223,17 @@ def fit_density_flow(
             state.phase = "finetune" if state.phase == "main" else "done"
             state.phase_epoch = state.bad_epochs = 0
             optimizer = torch.optim.Adam(flow.parameters(), lr=cfg.finetune_learning_rate)
+        # A preemption signal (galmock.preempt) checkpoints now and stops the run.
+        stop = checkpoint_dir is not None and state.phase != "done" and preempt.requested()
         if checkpoint_dir is not None and (
             state.epoch - last_saved >= cfg.checkpoint_every_epochs or state.phase_epoch == 0
+            or stop
         ):
             state.wall_time_s = time.perf_counter() - started
             _save_checkpoint(checkpoint_dir, fingerprint, flow, optimizer, shuffle, state, best)
             last_saved = state.epoch
+        if stop:
+            raise preempt.Preempted(f"{label}: checkpointed at epoch {state.epoch}")
 
     state.wall_time_s = time.perf_counter() - started
     return FitReport(label, state.best_loss, dict(state.epochs), state.wall_time_s,

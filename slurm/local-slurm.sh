@@ -37,9 +37,15 @@ up() {
 
   # --- config ---
   mkdir -p "$PREFIX"/{state,spool,log}
+  # Job ids unique across throwaway Slurms: MPICH names its shared-memory segments after the PMI
+  # kvsname (the job and step id under srun), and a segment left in /dev/shm by an aborted job
+  # of an earlier Slurm with the same id corrupts MPI_Init ("Message truncated", UCX "invalid
+  # bandwidth"). Chosen once per PREFIX, so the config stays the same across restarts.
+  [[ -s $PREFIX/first-job-id ]] || echo $(( $(date +%s) % 100000 * 100 + 1000 )) >"$PREFIX/first-job-id"
   local new; new=$(mktemp)
   cat >"$new" <<EOF
 ClusterName=localcluster
+FirstJobId=$(cat "$PREFIX/first-job-id")
 SlurmctldHost=localhost
 SlurmUser=root
 AuthType=auth/munge

@@ -28,13 +28,6 @@ def test_help_for_every_subcommand() -> None:
         assert "--set" in sub.stdout and "--output" in sub.stdout and "JOB" in sub.stdout
 
 
-@pytest.mark.parametrize("stage", ["validate", "submit", "status"])
-def test_unbuilt_stages_fail_loudly(stage: str, tmp_path: Path) -> None:
-    result = galmock(stage, str(DEMO), "--output", str(tmp_path / "run"))
-    assert result.returncode == 3
-    assert "not implemented yet" in result.stderr
-
-
 def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:
     result = galmock("ingest", str(DEMO), "--set", "galaxy.demo.n_particles=zero")
     assert result.returncode == 1
@@ -72,11 +65,11 @@ def test_run_until_plan_writes_the_run_directory(tmp_path: Path) -> None:
     assert "n_particles: 20000" in resolved and str(run) in resolved
 
 
-def test_run_stops_at_the_first_unbuilt_stage(tmp_path: Path) -> None:
+def test_run_from_validate_without_a_plan_fails_cleanly(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = galmock("run", str(DEMO), "--output", str(run), "--from", "validate")
-    assert result.returncode == 3
-    assert "stage 'validate' is not implemented yet" in result.stderr
+    assert result.returncode == 1
+    assert "plan.json: region plan not found (run `galmock plan` first)" in result.stderr
     assert not (run / "report").exists()
 
 

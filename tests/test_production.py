@@ -431,12 +431,3 @@ def test_cnf_trains_and_upsamples_end_to_end(tmp_path) -> None:
     again = open_catalog(tmp_path / "reuse" / "stars.zarr").read()
     for name, values in cat.read().items():
         np.testing.assert_array_equal(again[name], values)
-
-
-def test_flow_properties_are_not_implemented_yet(tmp_path) -> None:
-    from galmock.errors import ConfigError
-    from galmock.production import upsample_stage
-
-    job = load_job(write_job(tmp_path, {"upsample": {"properties": "flow"}}))
-    with pytest.raises(ConfigError, match=r"properties = 'flow': .* not implemented yet"):
-        upsample_stage(job)

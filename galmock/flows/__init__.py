@@ -24,7 +24,9 @@ from galmock.flows.base import (
     resolve_device,
 )
 from galmock.flows.cnf import CNF
+from galmock.flows.conditional_nsf import ConditionalNSF
 from galmock.flows.ensemble import FlowEnsemble
+from galmock.flows.galaxy_model import GalaxyModel, load_galaxy_model, save_galaxy_model
 from galmock.flows.phase_space import PhaseSpaceFlow
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
 from galmock.flows.zuko_flows import MAFFlow, NSFFlow
@@ -33,8 +35,10 @@ __all__ = [
     "ARTIFACT_FORMAT",
     "CNF",
     "FLOW_KINDS",
+    "ConditionalNSF",
     "DensityFlow",
     "FlowEnsemble",
+    "GalaxyModel",
     "MAFFlow",
     "NSFFlow",
     "PhaseSpaceFlow",
@@ -44,9 +48,11 @@ __all__ = [
     "flow_from_architecture",
     "flow_kinds",
     "load_artifact",
+    "load_galaxy_model",
     "read_manifest",
     "resolve_chunk_rows",
     "resolve_compile",
     "resolve_device",
     "save_artifact",
+    "save_galaxy_model",
 ]

@@ -160,6 +160,9 @@ def load_artifact(location: str | Path, device: str | torch.device = "cpu") -> F
     root = str(location)
     where = _join(root, MANIFEST)
     manifest = read_manifest(root)
+    if manifest.get("artifact", "region") != "region":
+        raise InputError(f"{where}: a {manifest['artifact']} artifact, not a region model "
+                         "(a galaxy model is named in galaxy.model, not flows.load)")
     kinds = flow_kinds()
     try:
         kind = manifest["kind"]

@@ -112,11 +112,13 @@ def _write(models: dict[str, dict[str, Any]]) -> None:
     atomic_write_text(registry_path(), text + "\n")
 
 
-def resolve(name_or_path: str | Path) -> str:
+def resolve(name_or_path: str | Path, key: str = "flows.load") -> str:
     """A registered name's location; else the path or URL itself if it is an artifact.
 
-    Names win over same-named relative paths. Raises InputError listing the known names.
+    Names win over same-named relative paths. Raises InputError naming the config ``key`` and
+    listing the known names.
     """
+    setting = key
     key = str(name_or_path)
     models = _read()
     if key in models:
@@ -125,7 +127,7 @@ def resolve(name_or_path: str | Path) -> str:
         return key if _is_url(key) else str(Path(key).expanduser().resolve())
     known = ", ".join(sorted(models)) or "none"
     raise InputError(
-        f"flows.load = {key!r}: neither a registered model ({registry_path()}: {known}) "
+        f"{setting} = {key!r}: neither a registered model ({registry_path()}: {known}) "
         "nor an artifact directory or URL"
     )
 
@@ -146,3 +148,12 @@ def load(name_or_path: str | Path, options: Any | None = None) -> FlowEnsemble:
         compile=resolve_compile(getattr(options, "compile", "auto"), device),
     )
     return model
+
+
+def load_galaxy_model(name_or_path: str | Path, device: Any = "auto",
+                      key: str = "galaxy.model") -> Any:
+    """A verified conditional galaxy model (``galmock suite``'s artifact) by name, path or URL,
+    on ``device`` (auto: CUDA when available)."""
+    from galmock.flows.galaxy_model import load_galaxy_model as _load
+
+    return _load(resolve(name_or_path, key=key), device=resolve_device(str(device)))

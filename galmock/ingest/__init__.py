@@ -39,6 +39,9 @@ def read_source(galaxy: GalaxyConfig, seed: int) -> SourceParticles:
         return demo_particles(
             galaxy.demo.n_particles, seed=seed, fractions=dict(galaxy.demo.components)
         )
+    if galaxy.source == "model":
+        raise ConfigError("galaxy.source = 'model' is sampled by ingest(job) or `galmock "
+                          "generate`, which read the job's generate: section")
     if galaxy.path is None:
         raise ConfigError(f"galaxy.path is required for galaxy.source = {galaxy.source!r}")
     path = Path(galaxy.path).expanduser()
@@ -69,7 +72,8 @@ def orient(
     pos = np.column_stack([columns["x"], columns["y"], columns["z"]])
     vel = np.column_stack([columns["vx"], columns["vy"], columns["vz"]])
     mass = columns["mass"]
-    is_demo = galaxy.source == "demo"
+    # Generated galaxies (demo, galaxy model) come centred and in the model's frame.
+    is_demo = galaxy.source in ("demo", "model")
 
     if galaxy.centre == "auto":
         centre = np.zeros(3) if is_demo else shrinking_sphere_centre(pos, mass)
@@ -131,7 +135,12 @@ def orient(
 def ingest(job: JobConfig) -> Path:
     """Run the ingest stage: source -> ``<run>/particles.zarr``. Returns the store path."""
     galaxy = job.galaxy
-    source = read_source(galaxy, seed=job.seed)
+    if galaxy.source == "model":
+        from galmock.generate import generated_source
+
+        source = generated_source(job)
+    else:
+        source = read_source(galaxy, seed=job.seed)
     label = source.path
     columns = check_particles(source.columns, label, source.labels)
     columns, transform = orient(columns, galaxy, label)

@@ -1,0 +1,182 @@
+"""The validation report's figures (PNG, matplotlib's Agg backend), after the GalaxyFlow paper.
+
+Each function takes arrays and a path and writes one PNG: proper-motion histograms in the sky
+window with the parent particles overlaid (paper Fig. 3), ICRS corner plots model vs particles
+(Figs. 4-5), Galactocentric (vx, vy) maps (Fig. 1), classifier-output histograms with the test
+particles overlaid (Fig. 6) and the seam diagnostics. No files are read here.
+
+Example:
+    >>> vxvy_maps("report/vxvy.png", {"cnf": vel_cnf}, parents_vel)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt
+import numpy as np
+
+ICRS_AXES = ("ra", "dec", "parallax", "pmra", "pmdec", "radial_velocity")
+ICRS_LABELS = {
+    "ra": "ra [deg]",
+    "dec": "dec [deg]",
+    "parallax": "parallax [mas]",
+    "pmra": "pmra [mas/yr]",
+    "pmdec": "pmdec [mas/yr]",
+    "radial_velocity": "v_r [km/s]",
+}
+DPI = 80
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def _limits(values: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return -1.0, 1.0
+    a, b = np.percentile(finite, [lo, hi])
+    return (float(a), float(b)) if b > a else (float(a) - 1, float(a) + 1)
+
+
+def pm_histograms(
+    path: str | Path,
+    samples: Mapping[str, Mapping[str, np.ndarray]],
+    parents: Mapping[str, np.ndarray],
+    title: str,
+) -> Path:
+    """One (pmra, pmdec) 2-D histogram per upsampler, parent particles as dots (Fig. 3).
+    ``samples``/``parents`` hold ICRS columns already cut to the sky window."""
+    labels = list(samples)
+    fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 4), squeeze=False)
+    both = np.concatenate([parents["pmra"], *(s["pmra"] for s in samples.values())])
+    both_dec = np.concatenate([parents["pmdec"], *(s["pmdec"] for s in samples.values())])
+    rng = (_limits(both, 2, 98), _limits(both_dec, 2, 98))
+    for ax, label in zip(axes[0], labels):
+        s = samples[label]
+        ax.hist2d(s["pmra"], s["pmdec"], bins=60, range=rng, cmap="viridis", cmin=1)
+        ax.scatter(parents["pmra"], parents["pmdec"], s=4, c="tab:red", label="parent particles")
+        ax.set_xlim(rng[0])
+        ax.set_ylim(rng[1])
+        ax.set_xlabel(ICRS_LABELS["pmra"])
+        ax.set_ylabel(ICRS_LABELS["pmdec"])
+        ax.set_title(f"{label} ({len(s['pmra'])} in window)")
+        ax.legend(loc="upper right", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def corner_plot(
+    path: str | Path, model: Mapping[str, np.ndarray], particles: Mapping[str, np.ndarray],
+    label: str,
+) -> Path:
+    """ICRS corner plot: model histograms (filled) vs particles (step / contours), Figs. 4-5."""
+    n = len(ICRS_AXES)
+    fig, axes = plt.subplots(n, n, figsize=(2.2 * n, 2.2 * n))
+    lims = {a: _limits(np.concatenate([model[a], particles[a]])) for a in ICRS_AXES}
+    for i, a in enumerate(ICRS_AXES):
+        for j, b in enumerate(ICRS_AXES):
+            ax = axes[i, j]
+            if j > i:
+                ax.axis("off")
+                continue
+            if i == j:
+                bins = np.linspace(*lims[a], 50)
+                ax.hist(model[a], bins=bins, density=True, color="tab:orange", alpha=0.6,
+                        label=label)
+                ax.hist(particles[a], bins=bins, density=True, histtype="step", color="k",
+                        label="particles")
+                ax.set_yticks([])
+            else:
+                rng = (lims[b], lims[a])
+                ax.hist2d(model[b], model[a], bins=40, range=rng, cmap="Oranges", cmin=1)
+                h, xe, ye = np.histogram2d(particles[b], particles[a], bins=20, range=rng)
+                if h.max() > 0:
+                    levels = np.quantile(h[h > 0], [0.5, 0.9])
+                    ax.contour(0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1]), h.T,
+                               levels=np.unique(levels), colors="k", linewidths=0.7)
+            if i == n - 1:
+                ax.set_xlabel(ICRS_LABELS[b], fontsize=8)
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(ICRS_LABELS[a], fontsize=8)
+            elif j > 0:
+                ax.set_yticklabels([])
+            ax.tick_params(labelsize=6)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"ICRS corner plot: {label} (orange) vs particles (black)")
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.06, top=0.95, wspace=0.08, hspace=0.08)
+    return _save(fig, path)
+
+
+def vxvy_maps(
+    path: str | Path, samples: Mapping[str, np.ndarray], particles: np.ndarray
+) -> Path:
+    """Galactocentric (vx, vy) 2-D histograms, particles first then each upsampler (Fig. 1)."""
+    panels = {"particles": particles, **samples}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    rng = (_limits(particles[:, 0]), _limits(particles[:, 1]))
+    for ax, (label, vel) in zip(axes[0], panels.items()):
+        ax.hist2d(vel[:, 0], vel[:, 1], bins=80, range=rng, cmap="viridis", cmin=1)
+        ax.set_title(f"{label} ({len(vel)})")
+        ax.set_xlabel("vx [km/s]")
+        ax.set_ylabel("vy [km/s]")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def classifier_histograms(
+    path: str | Path,
+    labels: Sequence[str],
+    validation: Mapping[str, np.ndarray],
+    test: np.ndarray,
+    title: str,
+) -> Path:
+    """Per class k: the histogram of p(k | x) for each upsampler's validation samples, and of
+    the test particles as points with Poisson 1-sigma bars (Fig. 6). Arrays are (n, K) log p."""
+    k_panels = labels if len(labels) > 2 else labels[:1]
+    fig, axes = plt.subplots(1, len(k_panels), figsize=(5 * len(k_panels), 4), squeeze=False)
+    bins = np.linspace(0, 1, 41)
+    centres = 0.5 * (bins[1:] + bins[:-1])
+    for ax, k_label in zip(axes[0], k_panels):
+        k = list(labels).index(k_label)
+        for label in labels:
+            p = np.exp(validation[label][:, k])
+            ax.hist(p, bins=bins, density=True, histtype="step", lw=1.5, label=label)
+        counts, _ = np.histogram(np.exp(test[:, k]), bins=bins)
+        norm = max(counts.sum(), 1) * (bins[1] - bins[0])
+        ax.errorbar(centres, counts / norm, yerr=np.sqrt(counts) / norm, fmt="o", ms=3,
+                    color="k", label="test particles")
+        ax.set_xlabel(f"classifier output p({k_label} | x)")
+        ax.set_ylabel("density")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def seam_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str) -> Path:
+    """log(s_L/s_R) - log(p_L/p_R) per internal face with its standard error (0 = seamless)."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.5))
+    good = [r for r in rows if r["stderr"] is not None]
+    x = np.arange(len(good))
+    ax.errorbar(x, [r["log_ratio_difference"] for r in good],
+                yerr=[r["stderr"] for r in good], fmt="o")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(x, [f"{r['axis']}={r['value_kpc']:.2f}" for r in good], rotation=60,
+                  fontsize=7)
+    ax.set_ylabel("log(s_L/s_R) - log(p_L/p_R)")
+    ax.set_title(f"seams: {source}")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,408 @@
+"""The ``validate`` stage: rank upsamplers against the held-out particles, write ``<run>/report/``.
+
+Steps (GalaxyFlow §5.3 and issue #6): the plan's held-out particles inside the selection are the
+test set, the others the training set the flows saw; every upsampler draws ``oversample`` x the
+training count inside the selection (equal counts for all); one N-class classifier on
+standardised 6-D samples gives LP(C) ± SE per upsampler, paired differences to the best and
+pairwise AUCs; with a known truth (the demo galaxy) flow-vs-truth classifiers give AUCs and the
+held-out log-likelihoods are compared with the true density's; linear MMD to the test particles;
+figures; all staged in a temporary directory that replaces ``<run>/report/`` only on success.
+
+Example:
+    >>> result = validate(load_job("jobs/solar-sphere.yaml"))   # doctest: +SKIP
+    >>> print(result["classifier_test"]["best"])                # doctest: +SKIP
+    cnf
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galmock import __version__
+from galmock.atomic import atomic_directory
+from galmock.config import JobConfig
+from galmock.errors import ConfigError, InputError
+from galmock.plan import RegionPlan, read_plan
+from galmock.validate.report import DEFINITIONS, REPORT_FORMAT, summary_table, write_report_files
+from galmock.validate.upsamplers import (
+    Draws,
+    FlowUpsampler,
+    Selection,
+    UpsamplerSpec,
+    catalog_draws,
+    enbid_draws,
+    load_flows,
+    parse_upsamplers,
+)
+
+log = logging.getLogger("galmock.validate")
+
+# Draws per upsampler converted to ICRS for the figures (the histograms need no more).
+FIGURE_DRAWS = 100_000
+
+
+def _seed(job: JobConfig, *keys: object) -> int:
+    from galmock.train import derive_seed
+
+    return derive_seed(job.seed, "validate", *keys)
+
+
+def check_inputs(job: JobConfig) -> tuple[RegionPlan, list[UpsamplerSpec]]:
+    """Everything that can be refused before any work: holdout, upsamplers, models, catalogs."""
+    run = job.run_dir
+    plan = read_plan(run / "plan.json")
+    if plan.holdout_fraction <= 0:
+        raise ConfigError(
+            f"{run / 'plan.json'}: plan.holdout_fraction = {plan.holdout_fraction}: validate "
+            "needs held-out test particles; set plan.holdout_fraction (e.g. 0.5, the paper's "
+            "1:1 split) and rerun plan and train"
+        )
+    specs = parse_upsamplers(job.validation.upsamplers, job.flows.kind)
+    if job.flows.load is None and any(s.flow_kind == job.flows.kind for s in specs):
+        from galmock.production import model_location
+
+        for r in plan.regions:
+            location = Path(model_location(job, plan, r.id))
+            if not (location / "manifest.json").is_file():
+                raise InputError(
+                    f"{location}: trained model not found; validate.upsamplers lists "
+                    f"{job.flows.kind!r} (= flows.kind), which uses the run's models: run "
+                    "`galmock train` first"
+                )
+    return plan, specs
+
+
+def validate(job: JobConfig) -> dict[str, Any]:
+    """Run the stage; returns the report (also in ``<run>/report/report.json``)."""
+    from galmock.production import RegionParticles, setup_rank
+
+    started = time.perf_counter()
+    cfg = job.validation
+    plan, specs = check_inputs(job)
+    from galmock.validate.truth import mean_and_stderr, truth_for
+
+    rank = setup_rank(job.flows)  # torch threads and device, as train/upsample use them
+    data = RegionParticles(job.run_dir, plan)
+    attrs = data.store.attrs
+    truth, truth_reason = truth_for(job, attrs)
+    selection = Selection(plan, attrs.get("select_radius_kpc"))
+
+    inside = selection.contains(data.pos)
+    test_idx = np.flatnonzero(inside & data.held)
+    train_idx = np.flatnonzero(inside & ~data.held)
+    if cfg.max_test_particles is not None and len(test_idx) > cfg.max_test_particles:
+        rng = np.random.default_rng(_seed(job, "test"))
+        test_idx = np.sort(rng.choice(test_idx, cfg.max_test_particles, replace=False))
+    if len(test_idx) < 10 or len(train_idx) < 10:
+        raise InputError(f"{job.run_dir / 'plan.json'}: only {len(test_idx)} test and "
+                         f"{len(train_idx)} training particles in the selection")
+    test_pos, test_vel = data.pos[test_idx], data.vel[test_idx]
+    train_pos, train_vel = data.pos[train_idx], data.vel[train_idx]
+    owned_train = np.bincount(plan.owner(train_pos), minlength=len(plan.regions))
+    counts = [round(cfg.oversample * c) for c in owned_train]
+    n_target = int(sum(counts))
+    log.info("validate: %d test and %d training particles; %d draws per upsampler",
+             len(test_idx), len(train_idx), n_target)
+
+    draws: dict[str, Draws] = {}
+    flows: dict[str, FlowUpsampler] = {}
+    for spec in specs:
+        t0 = time.perf_counter()
+        if spec.kind == "flow":
+            assert spec.flow_kind is not None
+            models = load_flows(job, plan, spec.flow_kind, data)
+            for m in models:
+                m.to(rank.device)
+            flows[spec.label] = FlowUpsampler(spec.label, models, plan, selection)
+            draws[spec.label] = flows[spec.label].draw(counts, _seed(job, spec.label))
+        elif spec.kind == "enbid":
+            fit = ~data.held & (plan.owner(data.pos) >= 0)
+            draws[spec.label] = enbid_draws(data.pos[fit], data.vel[fit], n_target, selection,
+                                            cfg.enbid_bandwidth_factor, _seed(job, "enbid"))
+        else:
+            draws[spec.label] = catalog_draws(spec, n_target, selection,
+                                              _seed(job, "catalog", spec.label))
+        draws[spec.label].info["seconds"] = round(time.perf_counter() - t0, 2)
+        log.info("validate: %s: %d draws in %.1f s", spec.label, len(draws[spec.label]),
+                 time.perf_counter() - t0)
+    # Equal class sizes: the classifier's prior is then uniform, as LP(C) assumes.
+    n_common = min(len(d) for d in draws.values())
+    draws = {k: d.subset(n_common, _seed(job, "equalise", k)) for k, d in draws.items()}
+
+    train6 = np.hstack([train_pos, train_vel])
+    mean, scale = train6.mean(axis=0), train6.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+
+    def standard(pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
+        return (np.hstack([pos, vel]) - mean) / scale
+
+    z = {k: standard(d.pos, d.vel) for k, d in draws.items()}
+    z_test = standard(test_pos, test_vel)
+    settings = _classifier_settings(job)
+
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "galmock_version": __version__,
+        "job": {"name": job.name, "seed": job.seed, "validate": cfg.model_dump(mode="json"),
+                "resolved": job.model_dump(mode="json", by_alias=True)},
+        "selection": selection.describe(),
+        "plan": {"kind": plan.kind, "regions": len(plan.regions),
+                 "holdout_fraction": plan.holdout_fraction},
+        "test_particles": len(test_idx),
+        "training_particles": len(train_idx),
+        "draws_per_upsampler": n_common,
+        "standardisation": {"mean": mean.tolist(), "std": scale.tolist(),
+                            "columns": ["x", "y", "z", "vx", "vy", "vz"],
+                            "note": "of the training particles in the selection"},
+        "upsamplers": {k: {**d.info, "draws": len(d)} for k, d in draws.items()},
+        "units": {"positions": "kpc", "velocities": "km/s", "log_density": "ln((kpc km/s)^-3)",
+                  "lp": "natural log of a probability"},
+    }
+    report["definitions"] = DEFINITIONS
+    report["classifier_test"], clf = _classifier_test(z, z_test, settings)
+
+    truth_samples: dict[str, np.ndarray] | None = None
+    if truth is not None:
+        report["truth"], truth_samples = _truth_tests(job, truth, selection, draws, flows, z,
+                                                      standard, test_pos, test_vel, settings,
+                                                      n_common, len(train_idx))
+    else:
+        report["truth"] = {"available": False, "reason": truth_reason}
+        for label, flow in flows.items():  # the held-out likelihood needs no truth
+            logp = flow.log_prob(test_pos, test_vel)
+            ok = np.isfinite(logp)
+            m, se = mean_and_stderr(logp[ok])
+            report["upsamplers"][label]["heldout_loglikelihood"] = {
+                "mean": m, "stderr": se, "test_particles_without_support": int((~ok).sum())}
+    report["mmd"] = _mmd(z, z_test, truth_samples, job)
+
+    with atomic_directory(job.run_dir / "report") as staging:
+        report["seams"], stars = _seams(job, plan, draws, data, staging)
+        report["figures"] = []
+        if cfg.figures:
+            report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
+                                         clf, z_test, report)
+        report["wall_time_s"] = round(time.perf_counter() - started, 1)
+        write_report_files(staging, report)
+    print(summary_table(report))
+    print(f"report: {job.run_dir / 'report' / 'index.html'}")
+    return report
+
+
+def _classifier_settings(job: JobConfig, *keys: object) -> Any:
+    from galmock.validate.classifier import ClassifierSettings
+
+    cfg = job.validation
+    return ClassifierSettings(
+        hidden=tuple(cfg.classifier_hidden),
+        learning_rate=cfg.classifier_learning_rate,
+        batch_size=cfg.classifier_batch_size,
+        validation_fraction=cfg.classifier_validation_fraction,
+        patience_epochs=cfg.classifier_patience_epochs,
+        max_epochs=cfg.classifier_max_epochs,
+        seed=_seed(job, "classifier", *keys) % (2**31),
+        device=cfg.classifier_device,
+        threads=None,  # as flows.threads set them (setup_rank)
+    )
+
+
+def _classifier_test(
+    z: dict[str, np.ndarray], z_test: np.ndarray, settings: Any
+) -> tuple[dict[str, Any], Any]:
+    from galmock.validate.classifier import lp_difference, lp_scores, pairwise_auc, train_classifier
+
+    if len(z) < 2:
+        return {"skipped": "the classifier test needs at least two upsamplers"}, None
+    t0 = time.perf_counter()
+    clf = train_classifier(z, settings)
+    scores = sorted(lp_scores(clf, z_test), key=lambda s: -s.mean)
+    best = scores[0].label
+    differences = {}
+    for s in scores[1:]:
+        d, se = lp_difference(clf, z_test, best, s.label)
+        differences[s.label] = {"mean": d, "stderr": se,
+                                "significance": d / se if se > 0 else math.inf}
+    result = {
+        "best": best,
+        "scores": [{"label": s.label, "lp": s.mean, "stderr": s.stderr} for s in scores],
+        "differences": differences,
+        "pairwise_auc": {f"{a} vs {b}": auc for (a, b), auc in pairwise_auc(clf).items()},
+        "classifier": {"labels": list(clf.labels), "best_epoch": clf.best_epoch,
+                       "epochs": len(clf.history["validation_loss"]),
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "settings": _settings_dict(settings)},
+    }
+    return result, clf
+
+
+def _settings_dict(settings: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(settings) if is_dataclass(settings) else dict(vars(settings))
+
+
+def _truth_tests(
+    job: JobConfig, truth: Any, selection: Selection, draws: dict[str, Draws],
+    flows: dict[str, FlowUpsampler], z: dict[str, np.ndarray], standard: Any,
+    test_pos: np.ndarray, test_vel: np.ndarray, settings: Any, n_common: int, n_train: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    from galmock.validate.classifier import roc_auc, train_classifier
+    from galmock.validate.truth import heldout_loglikelihood, truth_draws
+
+    cfg = job.validation
+    n_truth = round((cfg.truth_oversample or cfg.oversample) * n_train)
+    t0 = time.perf_counter()
+    pos, vel, fraction, drawn = truth_draws(truth, selection.contains, n_truth,
+                                            _seed(job, "truth"))
+    z_truth = standard(pos, vel)
+    true_logp = truth.log_prob(test_pos, test_vel)
+    out: dict[str, Any] = {
+        "available": True,
+        "source": "demo galaxy (galmock.demo.DemoGalaxy.log_prob, exact)",
+        "true_draws": len(pos),
+        "true_draws_total": drawn,
+        "selection_probability": fraction,
+        "seconds_drawing": round(time.perf_counter() - t0, 2),
+        "upsamplers": {},
+    }
+    for label, zs in z.items():
+        m = min(len(zs), len(z_truth))
+        clf = train_classifier({label: zs[:m], "truth": z_truth[:m]},
+                               _classifier_settings(job, "truth", label))
+        k = list(clf.labels).index(label)
+        auc = roc_auc(clf.validation[label][:, k], clf.validation["truth"][:, k])
+        entry: dict[str, Any] = {"auc": float(auc), "samples_per_class": m,
+                                 "best_epoch": clf.best_epoch}
+        if label in flows:
+            entry["heldout_loglikelihood"] = heldout_loglikelihood(
+                flows[label].log_prob(test_pos, test_vel), true_logp, fraction, drawn)
+        out["upsamplers"][label] = entry
+    return out, {"truth": z_truth}
+
+
+def _mmd(
+    z: dict[str, np.ndarray], z_test: np.ndarray, extra: dict[str, np.ndarray] | None,
+    job: JobConfig,
+) -> dict[str, Any]:
+    from galmock.validate.mmd import linear_mmd, median_bandwidth
+
+    width = median_bandwidth(z_test, next(iter(z.values())), seed=_seed(job, "mmd") % 2**32)
+    out = {}
+    for label, zs in {**z, **(extra or {})}.items():
+        r = linear_mmd(zs, z_test, bandwidth=width, seed=_seed(job, "mmd", label) % 2**32)
+        out[label] = {**r.to_dict(), "significance": r.significance}
+    return out
+
+
+def _seams(
+    job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: Any, staging: Path
+) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """Seam counts on the production stars (Dask, strided subsample) when ``stars.zarr``
+    exists, else on the run's flow draws; also returns the stars read, for the figures."""
+    from galmock.validate.seams import internal_faces, seam_counts
+
+    stars = _read_stars(job)
+    faces = internal_faces(plan)
+    if not faces:
+        note = ("no internal faces (a single region)" if len(plan.regions) == 1
+                else "no internal faces (sphere plan)")
+        return {"faces": [], "note": note}, stars
+    if stars is not None:
+        pos = np.column_stack([stars["x"], stars["y"], stars["z"]])
+        source = f"stars.zarr ({len(pos)} stars, an even stride through the catalog)"
+    elif job.flows.kind in draws:
+        pos = draws[job.flows.kind].pos
+        source = f"validation draws of {job.flows.kind}"
+    else:
+        return {"faces": [], "note": "no stars.zarr and no draws of flows.kind"}, stars
+    rows = seam_counts(faces, pos, data.pos, job.validation.seam_width_kpc)
+    return {"faces": rows, "source": source, "width_kpc": job.validation.seam_width_kpc}, stars
+
+
+def _read_stars(job: JobConfig) -> dict[str, np.ndarray] | None:
+    """An even stride of ``figure_stars`` rows of ``<run>/stars.zarr`` through Dask, or None."""
+    path = job.run_dir / "stars.zarr"
+    if not path.exists():
+        return None
+    import dask
+
+    from galmock.store import open_catalog
+
+    cat = open_catalog(path)
+    step = max(1, math.ceil(len(cat) / job.validation.figure_stars))
+    lazy = cat.to_dask(["x", "y", "z", "vx", "vy", "vz"])
+    (cols,) = dask.compute({c: a[::step] for c, a in lazy.items()})
+    return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
+
+
+def _figures(
+    job: JobConfig, staging: Path, draws: dict[str, Draws], train_pos: np.ndarray,
+    train_vel: np.ndarray, stars: dict[str, np.ndarray] | None, clf: Any, z_test: np.ndarray,
+    report: dict[str, Any],
+) -> list[dict[str, str]]:
+    """Every PNG into ``staging``; returns ``[{"file", "title"}]`` in display order."""
+    from galmock.frames import galactocentric_frame, galactocentric_to_icrs
+    from galmock.selection import load_catalog_spec, selection_mask
+    from galmock.validate import figures
+
+    t0 = time.perf_counter()
+    frame = galactocentric_frame(**job.observer.model_dump())
+
+    def icrs(pos: np.ndarray, vel: np.ndarray) -> dict[str, np.ndarray]:
+        return galactocentric_to_icrs(*pos.T, *vel.T, frame=frame, galactic=False)
+
+    models = {k: d.subset(FIGURE_DRAWS, _seed(job, "figure", k)) for k, d in draws.items()}
+    if stars is not None:
+        pos = np.column_stack([stars["x"], stars["y"], stars["z"]])
+        vel = np.column_stack([stars["vx"], stars["vy"], stars["vz"]])
+        models["stars.zarr"] = Draws("stars.zarr", pos, vel)
+    sky = {k: icrs(d.pos, d.vel) for k, d in models.items()}
+    parents = icrs(train_pos, train_vel)
+    out = []
+
+    def add(name: str, title: str) -> None:
+        out.append({"file": name, "title": title})
+
+    spec = load_catalog_spec("galaxyflow-window")
+
+    def window(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = selection_mask(spec.selection, cols)
+        return {c: v[keep] for c, v in cols.items()}
+
+    in_window = {k: window(c) for k, c in sky.items()}
+    parents_window = window(parents)
+    if len(parents_window["ra"]) and all(len(c["ra"]) for c in in_window.values()):
+        figures.pm_histograms(staging / "pm-window.png", in_window, parents_window,
+                              f"proper motions in the {spec.name} window "
+                              f"({len(parents_window['ra'])} parent particles)")
+        add("pm-window.png", "Proper motions in the sky window, parent particles overlaid "
+            "(paper Fig. 3)")
+    for k, cols in sky.items():
+        name = f"corner-{_slug(k)}.png"
+        figures.corner_plot(staging / name, cols, parents, k)
+        add(name, f"ICRS corner plot: {k} vs training particles (paper Figs. 4-5)")
+    figures.vxvy_maps(staging / "vxvy.png", {k: d.vel for k, d in models.items()}, train_vel)
+    add("vxvy.png", "Galactocentric (vx, vy) maps (paper Fig. 1)")
+    if clf is not None:
+        figures.classifier_histograms(staging / "classifier.png", list(clf.labels),
+                                      clf.validation, clf.log_proba(z_test),
+                                      "classifier outputs (lines: validation draws; "
+                                      "points: test particles)")
+        add("classifier.png", "Classifier outputs with the test particles overlaid "
+            "(paper Fig. 6)")
+    seams = report.get("seams", {})
+    if seams.get("faces"):
+        figures.seam_figure(staging / "seams.png", seams["faces"], seams["source"])
+        add("seams.png", "Seam diagnostics across internal region faces")
+    log.info("validate: %d figure(s) in %.1f s", len(out), time.perf_counter() - t0)
+    return out
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in label)

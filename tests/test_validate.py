@@ -1,0 +1,222 @@
+"""``galmock validate`` end to end on the demo galaxy's solar-sphere job, through the real CLI.
+
+The acceptance run trains a small CNF on the particles within 3.5 kpc of the Sun (held out 1:1),
+then validates it against the simplified EnBiD baseline and the exact demo density; the report
+is opened in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SOLAR = REPO / "jobs" / "solar-sphere.yaml"
+
+# A reduced solar-sphere job: ~4,900 particles in the sphere (half held out), a small CNF, a
+# small classifier and 10x oversampling; ~1.5 min for train + validate on 2 cores.
+SMALL = [
+    "galaxy.demo.n_particles=150000",
+    "flows.hidden_features=16", "flows.hidden_layers=2", "flows.rk4_steps=4",
+    "flows.batches_per_epoch=4", "flows.learning_rate=3.0e-3",
+    "flows.finetune_learning_rate=3.0e-4", "flows.patience_epochs=10", "flows.max_epochs=40",
+    "flows.ensemble_size=1", "flows.threads=1",
+    "validate.upsamplers=[cnf, enbid]", "validate.oversample=10",
+    "validate.classifier_hidden=[64, 64]", "validate.classifier_batch_size=1024",
+    "validate.classifier_patience_epochs=5", "validate.classifier_max_epochs=40",
+]  # fmt: skip
+
+
+def galmock(*args: str, sets: list[str] = ()) -> subprocess.CompletedProcess:  # type: ignore[assignment]
+    flags = [x for s in sets for x in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "galmock", *args, *flags], cwd=REPO,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    run = tmp_path_factory.mktemp("solar") / "run"
+    sets = [*SMALL, "seed=3"]
+    trained = galmock("run", str(SOLAR), "--until", "train", "--output", str(run), sets=sets)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    result = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, result
+
+
+@pytest.mark.slow
+def test_classifier_ranks_cnf_above_enbid(validated: tuple[Path, subprocess.CompletedProcess]):
+    run, result = validated
+    report = json.loads((run / "report" / "report.json").read_text())
+    test = report["classifier_test"]
+    assert test["best"] == "cnf"
+    enbid = test["differences"]["enbid"]
+    # The paired LP difference is the acceptance criterion: > 5 standard errors.
+    assert enbid["mean"] > 5 * enbid["stderr"] > 0
+    assert enbid["significance"] == pytest.approx(enbid["mean"] / enbid["stderr"])
+    scores = {s["label"]: s for s in test["scores"]}
+    assert scores["cnf"]["lp"] > scores["enbid"]["lp"]
+    assert set(test["pairwise_auc"]) == {"cnf vs enbid"}
+    assert 0.5 < test["pairwise_auc"]["cnf vs enbid"] <= 1.0
+    assert report["test_particles"] > 1000 and report["plan"]["holdout_fraction"] == 0.5
+    # The ranking table went to stdout with the same numbers.
+    assert "best: cnf" in result.stdout
+    assert f"{enbid['mean']:.4g}" in result.stdout
+
+
+@pytest.mark.slow
+def test_truth_and_mmd_numbers(validated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run, _ = validated
+    report = json.loads((run / "report" / "report.json").read_text())
+    truth = report["truth"]
+    assert truth["available"] and 0 < truth["selection_probability"] < 1
+    for label in ("cnf", "enbid"):
+        assert 0.4 < truth["upsamplers"][label]["auc"] <= 1.0
+    ll = truth["upsamplers"]["cnf"]["heldout_loglikelihood"]
+    # Both normalised to the sphere, so model - truth estimates -KL <= 0: a normalisation
+    # error larger than ~3 SE in either would show up as a positive difference.
+    assert ll["difference_mean"] < 3 * ll["difference_stderr"]
+    assert ll["difference_mean"] == pytest.approx(ll["model_mean"] - ll["truth_mean"], abs=1e-9)
+    assert ll["test_particles"] + ll["test_particles_without_support"] == report["test_particles"]
+    for label in ("cnf", "enbid", "truth"):
+        mmd = report["mmd"][label]
+        assert mmd["stderr"] > 0 and abs(mmd["mmd2"]) < 1.0
+        assert mmd["pairs"] == report["test_particles"] // 2
+    # The truth is the test particles' own distribution: MMD^2 = 0 within 4 SE.
+    assert abs(report["mmd"]["truth"]["mmd2"]) < 4 * report["mmd"]["truth"]["stderr"]
+    assert report["seams"] == {"faces": [], "note": "no internal faces (a single region)"}
+
+
+@pytest.mark.slow
+def test_report_files(validated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    run, _ = validated
+    report_dir = run / "report"
+    report = json.loads((report_dir / "report.json").read_text())
+    files = {f["file"] for f in report["figures"]}
+    assert {"pm-window.png", "corner-cnf.png", "corner-enbid.png", "vxvy.png",
+            "classifier.png"} <= files
+    for name in files:
+        assert (report_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (report_dir / "index.html").read_text()
+    enbid = report["classifier_test"]["differences"]["enbid"]
+    assert f"{enbid['mean']:.4g}" in html and "Multi-model classifier test" in html
+    assert not list(run.glob(".report.tmp-*"))  # the staging directory was renamed away
+
+
+# -- headless Chromium ---------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _skip_or_fail(message: str) -> None:
+    if _ci():
+        pytest.fail(f"{message}; CI=true requires the Chromium report test")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's Chromium, installed with apt-get the first time (as root), reused after."""
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            _skip_or_fail("no /usr/bin/chromium and cannot apt-get install it (not root/Debian)")
+        cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y",
+               "--no-install-recommends", "chromium"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0 or not CHROMIUM.exists():
+            _skip_or_fail(f"apt-get install chromium failed: {(done.stderr or done.stdout)[-800:]}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _skip_or_fail("the playwright package is not installed (pip install -e '.[test]')")
+    return CHROMIUM
+
+
+@pytest.mark.slow
+def test_index_html_renders_in_chromium(
+    validated: tuple[Path, subprocess.CompletedProcess], chromium: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    index = validated[0] / "report" / "index.html"
+    errors: list[str] = []
+    failed: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.goto(index.as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.getAttribute('src'), e.complete, e.naturalWidth])"
+        )
+        links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+        browser.close()
+    assert len(images) >= 5
+    for src, complete, width in images:
+        assert complete and width > 0, f"image {src} did not render"
+    for ref in [src for src, _, _ in images] + links:
+        assert "://" not in ref and not ref.startswith("/"), f"non-relative link {ref}"
+        assert (index.parent / ref).is_file(), f"broken link {ref}"
+    assert not errors, errors
+    assert not failed, failed
+
+
+@pytest.mark.slow
+def test_rerun_gives_the_same_report(validated: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """Same run, config and seed: the same numbers (CPU, same threads), and the old report is
+    replaced whole."""
+    run, _ = validated
+    before = json.loads((run / "report" / "report.json").read_text())
+    again = galmock("validate", str(SOLAR), "--output", str(run), sets=[*SMALL, "seed=3"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = json.loads((run / "report" / "report.json").read_text())
+    for key in ("classifier_test", "truth", "mmd", "upsamplers"):
+        a, b = before[key], after[key]
+        if key == "classifier_test":
+            a, b = ({**x, "classifier": {**x["classifier"], "seconds": 0}} for x in (a, b))
+        if key == "truth":
+            a, b = ({**x, "seconds_drawing": 0} for x in (a, b))
+        if key == "upsamplers":
+            a, b = ({k: {**v, "seconds": 0} for k, v in x.items()} for x in (a, b))
+        assert a == b, key
+    assert not list(run.glob(".report.*"))
+
+
+@pytest.mark.slow
+def test_other_flow_kinds_are_trained_once_and_cached(
+    validated: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(validated[0], run, ignore=shutil.ignore_patterns("report"))
+    sets = [*SMALL, "seed=3", "validate.upsamplers=[cnf, maf]", "flows.transforms=1",
+            "flows.max_epochs=8", "validate.truth=false", "validate.figures=false"]
+    first = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "validate: training maf for region 0" in first.stderr
+    assert (run / "validate-models" / "maf" / "region-0000" / "manifest.json").is_file()
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert {s["label"] for s in report["classifier_test"]["scores"]} == {"cnf", "maf"}
+    assert report["truth"] == {"available": False, "reason": "validate.truth = false"}
+    for label in ("cnf", "maf"):  # held-out log-likelihoods without a truth
+        assert math.isfinite(report["upsamplers"][label]["heldout_loglikelihood"]["mean"])
+    assert report["figures"] == [] and not list((run / "report").glob("*.png"))
+    second = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training maf" not in second.stderr  # the cached model is reused
