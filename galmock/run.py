@@ -10,7 +10,10 @@ files in the run directory, so any stage can be rerun on its own:
     <run>/stars.zarr       upsample
     <run>/catalog.zarr     convert (and <run>/catalog.hats/, <run>/selections/<name>.hats/;
                            staged in <run>/.convert.partial/, guarded by <run>/.convert.lock)
-    <run>/report/          validate
+    <run>/report/          validate (report.json, figures, index.html)
+    <run>/validate-models/ flows of other kinds that validate trains for its comparison
+    <run>/slurm/           submit: rendered sbatch scripts and jobs.json
+    <run>/suite/           suite: a conditional galaxy model and its report
     <run>/logs/            one log file per stage
 """
 
