@@ -58,7 +58,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         return
     reason = _why_not_startable()
     prefix = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "PREFIX": str(prefix), "SMOKE": "1", "WITH_PMIX": "0"}
+    # NODE_CPUS explicitly: local-slurm.sh defaults to `nproc`, which honours OMP_NUM_THREADS,
+    # and a library imported earlier in the session (dask's nanny) may have set it to 1 here,
+    # leaving a 1-CPU node that rejects the 2-task MPI stages.
+    cpus = max(2, len(os.sched_getaffinity(0)))
+    env = {**os.environ, "PREFIX": str(prefix), "SMOKE": "1", "WITH_PMIX": "0",
+           "NODE_CPUS": str(cpus)}
     started = False
     if reason is None:
         try:
