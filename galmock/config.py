@@ -254,7 +254,26 @@ def _sbatch_options(value: list[str] | None) -> list[str] | None:
     return value
 
 
-class SlurmStageConfig(Section):
+class _SlurmResources(Section):
+    """The checks shared by the ``slurm`` section and its per-stage overrides."""
+
+    @field_validator("extra_directives", check_fields=False)
+    @classmethod
+    def _options(cls, value: list[str] | None) -> list[str] | None:
+        return _sbatch_options(value)
+
+    @field_validator("time", mode="before", check_fields=False)
+    @classmethod
+    def _time(cls, value: Any) -> str | None:
+        return _slurm_time(value)
+
+    @field_validator("memory", check_fields=False)
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        return _slurm_memory(value)
+
+
+class SlurmStageConfig(_SlurmResources):
     """Overrides for one stage's job: an absent (null) key takes the ``slurm`` section's value;
     ``extra_directives`` are added to the section's."""
 
@@ -269,23 +288,9 @@ class SlurmStageConfig(Section):
     memory: str | None = None
     extra_directives: list[str] | None = None
 
-    @field_validator("extra_directives")
-    @classmethod
-    def _options(cls, value: list[str] | None) -> list[str] | None:
-        return _sbatch_options(value)
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _time(cls, value: Any) -> str | None:
-        return _slurm_time(value)
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        return _slurm_memory(value)
 
 
-class SlurmConfig(Section):
+class SlurmConfig(_SlurmResources):
     partition: SlurmName | None
     account: SlurmName | None
     qos: SlurmName | None
@@ -307,20 +312,6 @@ class SlurmConfig(Section):
         Literal["ingest", "plan", "train", "upsample", "convert", "validate"], SlurmStageConfig
     ]
 
-    @field_validator("extra_directives")
-    @classmethod
-    def _options(cls, value: list[str]) -> list[str]:
-        return _sbatch_options(value) or []
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _time(cls, value: Any) -> str | None:
-        return _slurm_time(value)
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, value: str | None) -> str | None:
-        return _slurm_memory(value)
 
 
 class SuiteDemoConfig(Section):

@@ -49,8 +49,8 @@ from galmock.atomic import atomic_write_text
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, GalmockError, InputError
 from galmock.preempt import EXIT_PREEMPTED
+from galmock.run import STAGES
 
-STAGES = ("ingest", "plan", "train", "upsample", "convert", "validate")
 STAGE_KIND = {
     "ingest": "serial",
     "plan": "serial",

@@ -108,6 +108,8 @@ def owned_batches(
     batch_rows: int,
     prior: float = 0.5,
     label: str = "region",
+    tally: dict[str, int] | None = None,
+    hint: str = "the model does not describe this region (wrong flows.load?)",
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(batch, pos, vel)`` of owned stars until ``n_stars`` in all, in order.
 
@@ -115,10 +117,11 @@ def owned_batches(
     by the batch index; ``owns(pos)`` is the ownership mask. Each batch asks for at most
     ``batch_rows`` draws (the memory bound), sized from the acceptance so far so that a small
     region does not draw a whole batch. Everything here is a function of the draws, so the
-    output is fixed by the seeds.
+    output is fixed by the seeds. ``tally`` (if given) keeps the running ``drawn`` and ``kept``
+    counts, whose ratio estimates the acceptance.
 
     Raises:
-        InputError: the owned volume catches almost no draws (names ``label``).
+        InputError: the owned volume catches almost no draws (names ``label``; ends with ``hint``).
     """
     got = drawn = kept = 0
     batch = 0
@@ -132,10 +135,11 @@ def owned_batches(
         kept += int(inside.sum())
         if kept < MIN_OWNED_ACCEPTANCE * drawn and drawn >= MIN_DRAWS:
             raise InputError(
-                f"{label}: only {kept} of {drawn} flow draws fall inside the region's owned "
-                "volume; the model does not describe this region (wrong flows.load?)"
+                f"{label}: only {kept} of {drawn} draws fall inside the owned volume; {hint}"
             )
         acceptance = max(kept / drawn, MIN_OWNED_ACCEPTANCE) if drawn else prior
+        if tally is not None:
+            tally.update(drawn=drawn, kept=kept)
         take = np.flatnonzero(inside)[:need]
         got += len(take)
         yield batch, pos[take], vel[take]

@@ -30,13 +30,13 @@ import numpy as np
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, InputError
 from galmock.plan import RegionPlan
+from galmock.upsample import owned_batches
 
 log = logging.getLogger("galmock.validate")
 
 FLOW_KINDS = ("cnf", "maf", "nsf")
 PHASE_COLUMNS = ("x", "y", "z", "vx", "vy", "vz")
 # Ask for this much more than the acceptance so far predicts, so a round rarely falls short.
-HEADROOM = 1.05
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ def draw_until(
     label: str,
     max_rows: int = 2_000_000,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Draw rounds ``propose(m, round)`` until ``n`` rows pass ``keep``.
+    """Draw rounds ``propose(m, round)`` until ``n`` rows pass ``keep``: upsampling's
+    :func:`~galmock.upsample.owned_batches` loop, with ``keep`` as the owned volume.
 
     Returns ``(pos, vel, drawn, passed)``: the first ``n`` passing rows, how many rows were
     drawn and how many of those passed (``passed / drawn`` estimates the acceptance).
@@ -151,28 +152,13 @@ def draw_until(
     Raises:
         InputError: almost nothing passes (the upsampler does not cover the selection).
     """
-    pos_parts, vel_parts = [], []
-    got = drawn = passed = 0
-    acceptance = 0.5
-    round_ = 0
-    while got < n:
-        m = min(max_rows, math.ceil((n - got) / acceptance * HEADROOM) + 64)
-        pos, vel = propose(m, round_)
-        inside = np.asarray(keep(pos), dtype=bool)
-        drawn += len(pos)
-        passed += int(inside.sum())
-        if passed < 1e-4 * drawn and drawn >= 100_000:
-            raise InputError(
-                f"validate: {label}: only {passed} of {drawn} draws fall inside the "
-                "selection; this upsampler does not describe the selected volume"
-            )
-        take = np.flatnonzero(inside)[: n - got]
-        pos_parts.append(pos[take])
-        vel_parts.append(vel[take])
-        got += len(take)
-        acceptance = max(passed / drawn, 1e-4)
-        round_ += 1
-    return np.concatenate(pos_parts), np.concatenate(vel_parts), drawn, passed
+    tally = {"drawn": 0, "kept": 0}
+    batches = owned_batches(propose, keep, n, max_rows, label=f"validate: {label}", tally=tally,
+                            hint="this upsampler does not describe the selected volume")
+    parts = list(batches)
+    pos = np.concatenate([p for _, p, _ in parts])
+    vel = np.concatenate([v for _, _, v in parts])
+    return pos, vel, tally["drawn"], tally["kept"]
 
 
 # -- flows ------------------------------------------------------------------------------------
