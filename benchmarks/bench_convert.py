@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
 from galmock.config import JobConfig, default_config, validate_job
-from galmock.convert import convert
+from galmock.stages.convert import run as convert
 from galmock.store import STAR_COLUMNS, open_catalog, write_star_catalog
 
 MB = 1e6

@@ -23,9 +23,10 @@ import time
 import numpy as np
 import torch
 
-from galmock.config import FlowsConfig, default_config
+from galmock.config import FlowsConfig
+from galmock.flows import family_names
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
-from galmock.train import fit_density_flow, fit_phase_space_flow, new_flow
+from galmock.flows.training import fit_density_flow, fit_phase_space_flow, new_flow
 
 SUN = (-8.122, 0.0, 0.0208)
 RADIUS = 3.5
@@ -50,10 +51,8 @@ def region(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return pos, vel
 
 
-def config(kind: str, **changes) -> FlowsConfig:
-    data = default_config()["flows"]
-    data.update(kind=kind, device="cpu", **changes)
-    return FlowsConfig(**data)
+def config(kind: str, **training) -> FlowsConfig:
+    return FlowsConfig.from_defaults(kind=kind, device="cpu", training=training)
 
 
 def epochs_per_second(sizes: list[int], kind: str) -> list[str]:
@@ -66,11 +65,11 @@ def epochs_per_second(sizes: list[int], kind: str) -> list[str]:
         yv = VelocityPreprocessing.fit(vel).forward(vel).float()
         times = []
         for x, context in ((y, None), (yv, y)):
-            flow = new_flow(kind, 3, 0 if context is None else 3, cfg, 0)
+            flow = new_flow(cfg.spec(), 3, 0 if context is None else 3, 0)
             start = time.perf_counter()
-            report = fit_density_flow(flow, x, context, cfg, 0)
+            report = fit_density_flow(flow, x, context, cfg.training, 0, runtime=cfg.runtime())
             times.append((time.perf_counter() - start) / sum(report.epochs.values()))
-        rows = round(0.8 * n / cfg.batches_per_epoch)
+        rows = round(0.8 * n / cfg.training.batches_per_epoch)
         lines.append(f"| {n:,} | {rows:,} | {times[0]:.2f} | {times[1]:.2f} | "
                      f"{1 / times[0]:.3f} / {1 / times[1]:.3f} |")
     return lines
@@ -80,7 +79,8 @@ def time_to_stop(n: int, kind: str, patience: int) -> list[str]:
     cfg = config(kind, patience_epochs=patience)
     pos, vel = region(n)
     start = time.perf_counter()
-    _, report = fit_phase_space_flow(pos, vel, cfg, 0, SUN, RADIUS)
+    _, report = fit_phase_space_flow(pos, vel, cfg.spec(), cfg.training, 0, SUN, RADIUS,
+                                     runtime=cfg.runtime())
     total = time.perf_counter() - start
     lines = [f"Time to early stop, {n:,} particles, patience {patience}: **{total:.0f} s**", "",
              "| flow | main epochs | fine-tune epochs | best validation loss | s |",
@@ -98,8 +98,9 @@ def main() -> None:
                         " ('' to skip)")
     parser.add_argument("--stop-n", type=int, default=0, help="particles for the time to early "
                         "stop (0: skip)")
-    parser.add_argument("--patience", type=int, default=50, help="flows.patience_epochs")
-    parser.add_argument("--kind", default="cnf", choices=["cnf", "maf", "nsf"])
+    parser.add_argument("--patience", type=int, default=50,
+                        help="flows.training.patience_epochs")
+    parser.add_argument("--kind", default="cnf", choices=family_names())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [

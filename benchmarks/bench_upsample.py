@@ -58,7 +58,7 @@ def prepare(job: Path, base: Path, sets: list[str], epochs: int) -> None:
     galmock(1, "run", str(job), "--until", "plan", "--output", str(base), *sets)
     t0 = time.perf_counter()
     galmock(1, "train", str(job), "--output", str(base), *sets,
-            "--set", f"flows.max_epochs={epochs}")  # fmt: skip
+            "--set", f"flows.training.max_epochs={epochs}")  # fmt: skip
     print(f"# trained in {time.perf_counter() - t0:.0f} s (cached in {base})", file=sys.stderr)
 
 

@@ -1,17 +1,16 @@
-"""galmock: upsample simulated galaxies into Gaia-like mock star catalogs with normalizing flows."""
+"""galmock: upsample simulated galaxies into Gaia-like mock star catalogs with normalizing flows.
 
-from importlib.metadata import PackageNotFoundError, version
+The package's layers and the data flow between stages are drawn in ``galmock/README.md``.
+"""
 
-try:
-    __version__ = version("galmock")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from galmock.version import __version__
 
 __all__ = ["__version__", "open_catalog"]
 
 
-def __getattr__(name: str):  # lazy, so `import galmock` stays light
+def __getattr__(name: str):
     if name == "open_catalog":
+        # Imported here: on first use, so `import galmock` stays light (no Dask, no zarr).
         from galmock.store import open_catalog
 
         return open_catalog

@@ -15,8 +15,20 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``target`` only if the block succeeds.
 
     Example:
-        >>> with atomic_directory("run/particles.zarr") as tmp:  # doctest: +SKIP
-        ...     write_store(tmp)
+        >>> target = tmp_path / "run" / "particles.zarr"
+        >>> with atomic_directory(target) as tmp:  # write_store(tmp)
+        ...     _ = (tmp / "zarr.json").write_text("{}")
+        ...     target.exists()
+        False
+        >>> sorted(p.name for p in target.iterdir())
+        ['zarr.json']
+        >>> with atomic_directory(target) as tmp:
+        ...     raise RuntimeError("killed half-way")
+        Traceback (most recent call last):
+        ...
+        RuntimeError: killed half-way
+        >>> sorted(p.name for p in target.parent.iterdir())  # the old product, no leftovers
+        ['particles.zarr']
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -26,12 +38,24 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_path(tmp, target)
+
+
+def replace_path(new: Path | None, target: str | Path) -> None:
+    """Put the finished product ``new`` at ``target`` (or, with ``None``, remove ``target``).
+
+    A directory cannot be renamed onto a non-empty one, so the old product is first moved aside
+    to ``.<name>.old-<pid>`` and deleted after the rename: ``target`` is at every moment either
+    the old product or the new one (a kill in between leaves the aside copy, which the next run
+    of the stage removes).
+    """
+    target = Path(target)
     old = None
     if target.exists():
-        # Move the old product aside first so the swap itself is a single rename.
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)
-    os.replace(tmp, target)
+    if new is not None:
+        os.replace(new, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

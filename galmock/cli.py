@@ -1,54 +1,57 @@
-"""The ``galmock`` command line: parses arguments and calls one stage function per subcommand."""
+"""The ``galmock`` command line: parses arguments and calls one stage per subcommand.
+
+Subcommands come from the stage registry (:mod:`galmock.stages`): one per stage of the chain,
+``run`` for the chain, ``suite`` and ``generate``; ``submit``/``status`` go to the scheduler
+(:mod:`galmock.schedulers`), ``models`` to the model registry (:mod:`galmock.flows.registry`).
+Nothing imports this module.
+
+Exit codes: 0 success, 1 bad input (:class:`~galmock.errors.GalmockError`: the message names the
+file, key or field and the value), 2 bad command line (argparse), 75 preempted
+(:data:`galmock.preempt.EXIT_PREEMPTED`).
+
+Example:
+    >>> parser = build_parser()
+    >>> parser.parse_args(["run", "jobs/demo.yaml", "--until", "plan"]).last
+    'plan'
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from galmock import __version__
-from galmock.errors import GalmockError, NotImplementedStageError
+from galmock.config import load_job
+from galmock.errors import GalmockError
+from galmock.flows import registry
+from galmock.schedulers import status_command, submit_command
+from galmock.stages import COMMANDS, STAGE_NAMES, STAGES, run_pipeline, run_stage, stage
+from galmock.version import __version__
 
 EXIT_ERROR = 1
-EXIT_NOT_IMPLEMENTED = 3
 
-STAGE_HELP = {
-    "ingest": "read the galaxy source into <run>/particles.zarr (centred, aligned, validated)",
-    "plan": "split the galaxy into regions; writes <run>/plan.json and prints a summary",
-    "train": "train the flows of every region into <run>/models/",
-    "upsample": "sample stars from the region flows into <run>/stars.zarr",
-    "convert": "convert stars to Gaia-frame ICRS catalogs (<run>/catalog.zarr, catalog.hats/, "
-    "selections/)",
-    "validate": "compare upsamplers with classifier tests; writes <run>/report/",
-    "run": "run the stages in order (ingest, plan, train, upsample, convert, validate)",
+_CHAIN_HELP = f"run the stages in order ({', '.join(STAGE_NAMES)})"
+_SCHEDULER_HELP = {
     "submit": "render the Slurm scripts into <run>/slurm/ and submit the stage chain with sbatch",
     "status": "show each stage's Slurm state and progress",
-    "suite": "train the conditional galaxy model (GalacticFlow) on the job's suite of galaxies",
-    "generate": "sample a galaxy from a conditional galaxy model into <run>/particles.zarr",
-}
-
-# Commands outside the stage chain: "module:function", each taking the JobConfig and the
-# parsed arguments.
-COMMANDS = {
-    "submit": "galmock.slurm:submit_command",
-    "status": "galmock.slurm:status_command",
-    "suite": "galmock.suite:suite_command",
-    "generate": "galmock.generate:generate_command",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from galmock.run import STAGES
-
+    """The argument parser: one subcommand per registered stage, plus run/submit/status/models."""
     parser = argparse.ArgumentParser(
         prog="galmock",
         description="Upsample a simulated galaxy into Gaia-like mock star catalogs.",
     )
     parser.add_argument("--version", action="version", version=f"galmock {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, text in STAGE_HELP.items():
+    helps = {s.name: s.help for s in STAGES}
+    helps["run"] = _CHAIN_HELP
+    helps.update(_SCHEDULER_HELP)
+    helps.update({s.name: s.help for s in COMMANDS})
+    for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("job", metavar="JOB", help="job file (YAML), e.g. jobs/demo.yaml")
         p.add_argument("--output", metavar="DIR", help="run directory (overrides 'output')")
@@ -62,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name in ("run", "submit"):
-            p.add_argument("--from", dest="first", choices=STAGES, default=STAGES[0])
-            p.add_argument("--until", dest="last", choices=STAGES, default=STAGES[-1])
+            p.add_argument("--from", dest="first", choices=STAGE_NAMES, default=STAGE_NAMES[0])
+            p.add_argument("--until", dest="last", choices=STAGE_NAMES, default=STAGE_NAMES[-1])
         if name == "submit":
             p.add_argument(
                 "--dry-run",
@@ -90,10 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _models(args: argparse.Namespace) -> None:
-    import json
-
-    from galmock.flows import registry
-
     if args.models_command == "list":
         entries = registry.list_models()
         if not entries:
@@ -107,43 +106,29 @@ def _models(args: argparse.Namespace) -> None:
         print(f"registered {entry.name} -> {entry.location}")
 
 
-def _command(name: str) -> Any:
-    import importlib
-
-    module_name, _, function = COMMANDS[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        raise NotImplementedStageError(f"'{name}' is not implemented yet") from None
-    return getattr(module, function)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv``; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from galmock.config import load_job
-    from galmock.run import STAGES, run_pipeline, run_stage
-
     try:
         if args.command == "models":
             _models(args)
             return 0
         job = load_job(args.job, overrides=args.overrides, output=args.output)
-        if args.command in STAGES:
-            run_stage(job, args.command)
-        elif args.command == "run":
+        if args.command == "run":
             run_pipeline(job, args.first, args.last)
-        else:
-            _command(args.command)(job, args)
-    except NotImplementedStageError as err:
-        print(f"galmock {args.command}: {err}", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
+        elif args.command == "submit":
+            submit_command(job, args)
+        elif args.command == "status":
+            status_command(job, args)
+        elif args.command in STAGE_NAMES:
+            run_stage(job, args.command)
+        else:  # suite, generate: no chain stage, so no job.yaml or stage log of their own
+            stage(args.command).run(job)
     except GalmockError as err:
         print(f"galmock {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -23,22 +23,27 @@ from typing import Annotated, Any, Literal
 
 import astropy.units as u
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from galmock.errors import ConfigError
+from galmock.flows.families import FamilyOptions, FlowSpec, NetworkOptions, family, family_names
+from galmock.flows.galaxy_training import GalaxyFlowOptions, GalaxyTrainingRecipe
+from galmock.flows.property_flow import PropertyFlowOptions
+from galmock.flows.training import Runtime, TrainingRecipe, recipe_changes, region_recipe
+from galmock.layout import STAGE_ORDER
+from galmock.sections import NonNegativeFloat, PositiveFloat, PositiveInt, Section, section_dump
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 Vector3 = tuple[float, float, float]
 
 PARTICLE_FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "age", "feh", "ofe", "id")
-
-
-class Section(BaseModel):
-    """A config section: unknown keys are errors and values are checked strictly."""
-
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
 class DemoConfig(Section):
@@ -134,37 +139,150 @@ class PlanConfig(Section):
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)]
 
 
-class FlowsConfig(Section):
-    kind: Literal["cnf", "maf", "nsf"]
-    hidden_features: PositiveInt
-    hidden_layers: PositiveInt
-    activation: Literal["gelu", "relu", "elu", "silu", "tanh"]
-    rk4_steps: PositiveInt
-    radial_c: Annotated[float, Field(gt=1)]
-    validation_fraction: Annotated[float, Field(gt=0, lt=1)]
-    batches_per_epoch: PositiveInt
-    learning_rate: PositiveFloat
-    finetune_learning_rate: PositiveFloat
-    patience_epochs: PositiveInt
-    max_epochs: PositiveInt
-    ensemble_size: PositiveInt
+class FlowsConfig(NetworkOptions):
+    """``flows``: the region models' family (``kind``), network size (the fields of
+    :class:`~galmock.flows.families.NetworkOptions`), training recipe (``training``) and
+    runtime (the rest: none of it changes the weights).
+
+    Besides these fields there is one section per registered flow family (``flows.cnf``,
+    ``flows.maf``, ``flows.nsf``, ...: :mod:`galmock.flows.families`), each checked by its
+    family's options model and filled from its defaults; :meth:`options` is ``kind``'s.
+    :meth:`recipe` is what a trained model depends on: a model whose recorded recipe differs
+    (:meth:`stale_keys`) is retrained.
+    """
+
+    # extra: the family sections, validated by _family_sections (unknown keys are still errors).
+    model_config = ConfigDict(extra="allow", strict=False, frozen=True)
+
+    kind: str
+    training: TrainingRecipe
     checkpoint_every_epochs: PositiveInt
     device: str
     load: str | None
-    transforms: PositiveInt
-    spline_bins: Annotated[int, Field(ge=2)]
     chunk_rows: Literal["auto"] | PositiveInt
     compile: Literal["auto"] | bool
     threads: Literal["auto"] | PositiveInt
 
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, value: str) -> str:
+        if value not in family_names():
+            raise ValueError(f"unknown flow kind {value!r} (known: {', '.join(family_names())})")
+        return value
 
-class PropertyFlowConfig(Section):
-    """``upsample.property_flow``: the per-region p(age, [Fe/H] | x, v) (zuko NSF)."""
+    @model_validator(mode="wrap")
+    @classmethod
+    def _family_sections(
+        cls, data: Any, handler: ModelWrapValidatorHandler[FlowsConfig]
+    ) -> FlowsConfig:
+        if not isinstance(data, Mapping):
+            return handler(data)
+        fields = {k: v for k, v in data.items() if k in cls.model_fields}
+        errors: list[InitErrorDetails] = []
+        for key, value in data.items():
+            if key not in cls.model_fields and key not in family_names():
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+        for name in family_names():
+            record = family(name)
+            value = data.get(name, {})
+            try:
+                fields[name] = (record.parse_options(value)
+                                if isinstance(value, Mapping | FamilyOptions)
+                                else record.options.model_validate(value))
+            except ValidationError as err:
+                errors.extend(_nested_errors(err, (name,)))
+        try:
+            model = handler(fields)
+        except ValidationError as err:
+            errors = [*_nested_errors(err, ()), *errors]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return model
 
-    transforms: PositiveInt
-    hidden_features: PositiveInt
-    hidden_layers: PositiveInt
-    spline_bins: Annotated[int, Field(ge=2)]
+    @classmethod
+    def from_defaults(cls, **changes: Any) -> FlowsConfig:
+        """``defaults.yaml``'s ``flows`` section with ``changes`` merged in (a dict merges
+        into its section), validated: ``FlowsConfig.from_defaults(kind="maf", maf={"transforms":
+        2}, training={"max_epochs": 3}, device="cpu")``."""
+        return cls.model_validate(_merge(default_config()["flows"], changes))
+
+    def options(self, kind: str | None = None) -> FamilyOptions:
+        """The options section of family ``kind`` (default: ``self.kind``)."""
+        kind = kind or self.kind
+        extra = self.__pydantic_extra__ or {}
+        return extra[kind] if kind in extra else family(kind).parse_options()
+
+    def network(self) -> NetworkOptions:
+        """The shared network size alone."""
+        return NetworkOptions(**section_dump(NetworkOptions, self))
+
+    def spec(self, kind: str | None = None) -> FlowSpec:
+        """Family ``kind`` (default: ``self.kind``) with this network size and its options."""
+        kind = kind or self.kind
+        return FlowSpec(kind, self.network(), self.options(kind))
+
+    def runtime(self) -> Runtime:
+        """Where and how fast training runs."""
+        return Runtime(device=self.device, chunk_rows=self.chunk_rows, compile=self.compile,
+                       checkpoint_every_epochs=self.checkpoint_every_epochs)
+
+    def recipe(self) -> dict[str, Any]:
+        """What a region model trained with these settings depends on besides its particles
+        and seed: :func:`galmock.flows.training.region_recipe` of ``kind``'s spec and
+        ``training`` (kind, network, ``kind``'s options, training recipe; not ``device``,
+        ``threads``, sampler speed, checkpoints or ``load``). A trained artifact records it as
+        ``training.config``."""
+        return region_recipe(self.spec(), self.training)
+
+    def stale_keys(self, recorded: Mapping[str, Any]) -> list[str]:
+        """The dotted keys of :meth:`recipe` that differ in ``recorded`` (an artifact's
+        ``training.config``); empty when the model is current. Reads the flat ``config`` of
+        artifacts written before the family and training sections existed."""
+        return recipe_changes(_nested_recipe(recorded), self.recipe())
+
+
+# Keys that moved when flows grew family and training sections: old path -> new path(s). An old
+# job file using one fails with a message naming the new key (and an old artifact's flat
+# training.config is read through the same table).
+MOVED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("flows", "rk4_steps"): ("flows.cnf.rk4_steps",),
+    ("flows", "transforms"): ("flows.maf.transforms", "flows.nsf.transforms"),
+    ("flows", "spline_bins"): ("flows.nsf.spline_bins",),
+    **{("flows", key): (f"flows.training.{key}",) for key in TrainingRecipe.model_fields},
+}
+
+
+def _nested_recipe(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded recipe in today's nested layout (a flat pre-section one is converted)."""
+    if "training" in recorded or not any(("flows", k) in MOVED_KEYS for k in recorded):
+        return dict(recorded)
+    out: dict[str, Any] = {}
+    for key, value in recorded.items():
+        targets = MOVED_KEYS.get(("flows", key))
+        if targets is None:
+            out[key] = value
+            continue
+        for target in targets:
+            section, name = target.split(".")[1:]
+            if section in family_names() and section != recorded.get("kind"):
+                continue  # another family's option: never part of this model's recipe
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _nested_errors(err: ValidationError, prefix: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    """``err``'s errors re-rooted under ``prefix``, to be raised again from an outer model."""
+    out = []
+    for e in err.errors():
+        detail = InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"])
+        if "ctx" in e:
+            detail["ctx"] = e["ctx"]
+        out.append(detail)
+    return out
+
+
+# upsample.property_flow: the property flow's size, defined with the flow.
+PropertyFlowConfig = PropertyFlowOptions
 
 
 class UpsampleConfig(Section):
@@ -308,9 +426,7 @@ class SlurmConfig(_SlurmResources):
     requeue: bool
     signal_lead_s: Annotated[int, Field(ge=0)]
     templates: str | None
-    stages: dict[
-        Literal["ingest", "plan", "train", "upsample", "convert", "validate"], SlurmStageConfig
-    ]
+    stages: dict[Literal[STAGE_ORDER], SlurmStageConfig]  # type: ignore[valid-type]
 
 
 
@@ -326,26 +442,16 @@ class SuiteReportConfig(Section):
     corner_rows: Annotated[int, Field(ge=10)]
 
 
-class SuiteConfig(Section):
-    """``suite``: the conditional galaxy model (GalacticFlow) and its training suite."""
+class SuiteConfig(GalaxyFlowOptions, GalaxyTrainingRecipe):
+    """``suite``: the conditional galaxy model (GalacticFlow) and its training suite. The
+    model's architecture and training recipe are the keys of
+    :class:`~galmock.flows.galaxy_training.GalaxyFlowOptions` and
+    :class:`~galmock.flows.galaxy_training.GalaxyTrainingRecipe`, which this section extends."""
 
     galaxies: list[dict[str, Any]]
     demo: SuiteDemoConfig
     particles_per_galaxy: PositiveInt | None
     leave_out: Annotated[int, Field(ge=0)] | list[str]
-    layers: PositiveInt
-    hidden_features: PositiveInt
-    hidden_layers: PositiveInt
-    spline_bins: Annotated[int, Field(ge=2)]
-    spline_bound: PositiveFloat
-    activation: Literal["gelu", "relu", "elu", "silu", "tanh"]
-    batch_size: PositiveInt
-    epochs: PositiveInt
-    learning_rate: PositiveFloat
-    lr_decay: Annotated[float, Field(gt=0, le=1)]
-    lr_decay_every_steps: PositiveInt
-    lr_slow_below: NonNegativeFloat
-    lr_slow_decay_every_steps: PositiveInt
     checkpoint_every_epochs: PositiveInt
     device: str
     threads: Literal["auto"] | PositiveInt
@@ -400,9 +506,13 @@ class JobConfig(Section):
 
 
 def default_config() -> dict[str, Any]:
-    """The defaults as a plain nested dict (a fresh copy)."""
+    """The defaults as a plain nested dict (a fresh copy). A registered flow family without a
+    section in ``defaults.yaml`` (one added outside galmock) gets its record's defaults."""
     text = resources.files("galmock").joinpath("defaults.yaml").read_text()
-    return yaml.safe_load(text)
+    data = yaml.safe_load(text)
+    for name in family_names():
+        data["flows"].setdefault(name, dict(family(name).defaults))
+    return data
 
 
 def load_job(
@@ -462,7 +572,9 @@ def _describe(
     # pydantic appends union-member and literal tags to locations; keep only real keys.
     loc = tuple(str(p) for p in error["loc"] if not _is_pydantic_tag(p))
     key = ".".join(loc) or "<top level>"
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden" and loc in MOVED_KEYS:
+        message = f"moved to {' and '.join(MOVED_KEYS[loc])}"
+    elif error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "missing" and loc and loc[-1].isdigit():
         loc = loc[:-1]

@@ -444,6 +444,7 @@ def _numpy_columns(cols: Sequence[Any], p: _Params, names: Sequence[str]) -> dic
 
 
 def _dask_columns(cols: Sequence[Any], p: _Params, names: Sequence[str]) -> dict[str, Any]:
+    # Imported here: only dask inputs need it, and the maths layer imports no Dask otherwise.
     import dask.array as da
 
     arrays = [da.asarray(c) for c in cols]

@@ -15,8 +15,26 @@ reads the Zarr catalog chunk by chunk, optionally keeping the stars a selection 
   floats get hats' byte-stream-split encoding, the codec is ``compression`` (zstd 3).
 
 Example:
-    >>> path = write_hats(client, "run/catalog.zarr", "tmp/build", "demo",  # doctest: +SKIP
-    ...                   columns=("star_id", "ra", "dec"), partition_rows=1_000_000)
+    >>> from galmock.selection import load_catalog_spec
+    >>> from galmock.store import STAR_COLUMNS, write_star_catalog
+    >>> cols = {c: np.zeros(6, s.dtype) for c, s in STAR_COLUMNS.items()}
+    >>> cols.update(ra=np.array([167.0, 10.0, 170.0, 167.5, 300.0, 160.0]),
+    ...             dec=np.array([-4.0, 0.0, -5.0, -3.0, 20.0, 0.0]),
+    ...             distance=np.array([1.0, 1.0, 2.0, 9.0, 1.0, 3.0]))
+    >>> zarr_path = write_star_catalog(tmp_path / "catalog.zarr", cols, chunk_rows=4)
+    >>> inputs = chunk_inputs(zarr_path)  # one hats-import input per chunk
+    >>> [i.rpartition("#")[2] for i in inputs]
+    ['rows=0:4', 'rows=4:6']
+    >>> window = load_catalog_spec("galaxyflow-window").selection
+    >>> reader = ZarrCatalogReader(("star_id", "ra", "dec"), window)
+    >>> [t.column("star_id").to_pylist() for i in inputs for t in reader.read(i)]
+    [[0, 2], [5]]
+    >>> from distributed import Client
+    >>> with Client(processes=False) as client:  # a Dask cluster, ~3 s  # doctest: +SKIP
+    ...     path = write_hats(client, zarr_path, tmp_path / "build", "demo",
+    ...                       columns=("star_id", "ra", "dec"), partition_rows=1_000_000)
+    >>> sorted(p.name for p in path.iterdir() if p.is_file())  # doctest: +SKIP
+    ['hats.properties', 'partition_info.csv', 'point_map.fits', 'properties', 'skymap.fits']
 """
 
 from __future__ import annotations

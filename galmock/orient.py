@@ -4,9 +4,24 @@ galmock's frame is astropy's Galactocentric: the stellar disk's angular momentum
 -z, so with the Sun on the -x axis local disk stars move towards +y.
 
 Example:
-    >>> centre = shrinking_sphere_centre(pos, mass)  # doctest: +SKIP
-    >>> rot = disk_alignment_matrix(pos - centre, vel - bulk, mass, radius=10.0)  # doctest: +SKIP
-    >>> aligned = (pos - centre) @ rot.T  # doctest: +SKIP
+    >>> rng, n = np.random.default_rng(0), 5000  # a thin disk, spinning along +z, then tilted
+    >>> r, phi = rng.exponential(3.0, n), rng.uniform(0.0, 2 * np.pi, n)
+    >>> disk = np.column_stack([r * np.cos(phi), r * np.sin(phi), rng.normal(0.0, 0.1, n)])
+    >>> circ = 200.0 * np.column_stack([-np.sin(phi), np.cos(phi), np.zeros(n)])
+    >>> tilt = rotation_to([0.0, 0.0, 1.0], [1.0, 0.0, 1.0])
+    >>> pos, vel = disk @ tilt.T + [3.0, -2.0, 1.0], circ @ tilt.T + [10.0, 0.0, 0.0]
+    >>> mass = np.ones(n)
+    >>> centre = shrinking_sphere_centre(pos, mass)
+    >>> centre.round(1)
+    array([ 3., -2.,  1.])
+    >>> bulk = bulk_velocity(pos - centre, vel, mass, radius=10.0)
+    >>> rot = disk_alignment_matrix(pos - centre, vel - bulk, mass, radius=10.0)
+    >>> aligned = (pos - centre) @ rot.T
+    >>> round(float(aligned[:, 2].std()), 2)  # the disk's thickness again
+    0.1
+    >>> spin = angular_momentum(aligned, (vel - bulk) @ rot.T, mass)
+    >>> (spin / np.linalg.norm(spin)).round(3) + 0.0  # along -z
+    array([ 0.,  0., -1.])
 """
 
 from __future__ import annotations

@@ -5,9 +5,21 @@ galactocentric kpc (float64, they feed astrometry), velocities in km/s, masses i
 Gyr, [Fe/H] and [O/Fe] in dex, and an int64 particle id.
 
 Example:
-    >>> cols = check_particles(raw_columns, source="snap_127.hdf5")  # doctest: +SKIP
-    >>> write_particle_store("run/particles.zarr", cols, attrs={})  # doctest: +SKIP
-    >>> store = read_particle_store("run/particles.zarr")  # doctest: +SKIP
+    >>> raw_columns = {f: np.ones(3, np.float32) for f in ("x", "y", "z", "vx", "vy", "vz")}
+    >>> raw_columns.update(mass=[1e4, 2e4, 3e4], id=np.array([7, 8, 9]))
+    >>> cols = check_particles(raw_columns, source="snap_127.hdf5")
+    >>> cols["x"].dtype, cols["mass"].tolist()
+    (dtype('float64'), [10000.0, 20000.0, 30000.0])
+    >>> path = write_particle_store(tmp_path / "particles.zarr", cols, attrs={})
+    >>> store = read_particle_store(path)
+    >>> len(store), store.fields
+    (3, ['x', 'y', 'z', 'vx', 'vy', 'vz', 'mass', 'id'])
+    >>> store.positions().shape
+    (3, 3)
+    >>> check_particles({**raw_columns, "id": np.array([7, 7, 9])}, source="snap_127.hdf5")
+    Traceback (most recent call last):
+    ...
+    galmock.errors.InputError: snap_127.hdf5: field id has 1 duplicated value(s) (e.g. 7)
 """
 
 from __future__ import annotations

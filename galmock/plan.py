@@ -10,9 +10,16 @@ The single-sphere plan is the GalaxyFlow paper's set-up: one region, the particl
 ``radius_kpc`` of a centre (the Sun by default), optionally split 1:1 into train and test.
 
 Example:
-    >>> plan = build_kdtree_plan(pos, mass, ids, target_particles=50_000, margin_kpc=0.5)
-    >>> owner = plan.owner(pos)           # region id per particle  # doctest: +SKIP
-    >>> plan.write("run/plan.json")       # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> pos, mass, ids = rng.normal(0.0, 5.0, (4000, 3)), np.ones(4000), np.arange(4000)
+    >>> plan = build_kdtree_plan(pos, mass, ids, target_particles=1000, margin_kpc=0.5)
+    >>> owner = plan.owner(pos)           # region id per particle
+    >>> np.bincount(owner).tolist()
+    [1000, 1000, 1000, 1000]
+    >>> [r.training_particles for r in plan.regions]  # owned plus the margin
+    [1140, 1155, 1149, 1162]
+    >>> read_plan(plan.write(tmp_path / "plan.json")) == plan
+    True
 """
 
 from __future__ import annotations
@@ -20,18 +27,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
 
-from galmock import __version__
 from galmock.atomic import atomic_write_text
-from galmock.config import JobConfig
 from galmock.errors import InputError
-from galmock.particles import read_particle_store
 
 PLAN_FORMAT = "galmock.plan/1"
 
@@ -445,26 +449,3 @@ def _uniform_hash(ids: np.ndarray, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def plan_regions(job: JobConfig) -> RegionPlan:
-    """Run the plan stage: ``particles.zarr`` -> ``plan.json``. Returns the plan."""
-    store = read_particle_store(job.run_dir / "particles.zarr")
-    pos = store.positions()
-    mass = store["mass"][:]
-    ids = store["id"][:]
-    cfg = job.plan
-    if cfg.kind == "kdtree":
-        plan = build_kdtree_plan(
-            pos, mass, ids, cfg.target_particles, cfg.margin_kpc, cfg.holdout_fraction, job.seed
-        )
-    else:
-        centre = job.observer.sun_position_kpc if cfg.centre == "sun" else cfg.centre
-        plan = build_sphere_plan(
-            pos, mass, ids, centre, cfg.radius_kpc, cfg.holdout_fraction, job.seed
-        )
-    plan = replace(
-        plan, meta={"particles": str(store.path), "galmock_version": __version__}
-    )
-    plan.write(job.run_dir / "plan.json")
-    return plan

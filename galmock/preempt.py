@@ -11,12 +11,23 @@ ranks with :func:`anywhere` and leaves through :func:`exit_preempted` with exit 
 upsampled regions). Outside :func:`handling` the signals keep their usual meaning.
 
 Example:
-    >>> with handling():                              # doctest: +SKIP
-    ...     for epoch in range(n):
-    ...         train_one_epoch()
-    ...         if requested():
-    ...             save_checkpoint()
-    ...             raise Preempted("epoch boundary")
+    >>> import os, signal
+    >>> def train_one_epoch(epoch):  # stands in for training; Slurm warns during epoch 1
+    ...     if epoch == 1:
+    ...         os.kill(os.getpid(), signal.SIGUSR1)
+    >>> try:
+    ...     with handling():
+    ...         for epoch in range(5):
+    ...             train_one_epoch(epoch)
+    ...             if requested():
+    ...                 print(f"save_checkpoint() after epoch {epoch} ({reason()})")
+    ...                 raise Preempted("epoch boundary")
+    ... except Preempted as err:
+    ...     print(f"stopped at the {err}")
+    save_checkpoint() after epoch 1 (SIGUSR1)
+    stopped at the epoch boundary
+    >>> requested()  # the flag belongs to the block
+    False
 """
 
 from __future__ import annotations

@@ -18,9 +18,14 @@ An entry of ``convert.selections`` is a spec path (ends in ``.yaml``/``.yml`` or
 in the working directory and then in the galmock source tree.
 
 Example:
-    >>> spec = load_catalog_spec("galaxyflow-window")  # doctest: +SKIP
-    >>> cols = {"ra": ra, "dec": dec, "distance": distance}  # doctest: +SKIP
-    >>> mask = selection_mask(spec.selection, cols)  # doctest: +SKIP
+    >>> spec = load_catalog_spec("galaxyflow-window")
+    >>> spec.selection.columns
+    ('ra', 'dec', 'distance')
+    >>> ra, dec, distance = np.array([167.0, 167.0, 10.0]), np.array([-4.0, -4.0, 0.0]), np.ones(3)
+    >>> distance[1] = 5.0  # beyond max_distance_kpc
+    >>> cols = {"ra": ra, "dec": dec, "distance": distance}
+    >>> selection_mask(spec.selection, cols).tolist()
+    [True, False, False]
 """
 
 from __future__ import annotations
@@ -139,7 +144,7 @@ def load_catalog_spec(entry: str | Path) -> CatalogSpec:
     """Load and validate a catalog spec; errors name the file, key, value and line.
 
     Example:
-        >>> load_catalog_spec("galaxyflow-window").selection.max_distance_kpc  # doctest: +SKIP
+        >>> load_catalog_spec("galaxyflow-window").selection.max_distance_kpc
         3.5
     """
     path = find_catalog_spec(str(entry))

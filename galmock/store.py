@@ -25,12 +25,16 @@ into place only when complete (group attribute ``blocks``: the records). The res
 ordinary dense catalog: no padding rows, nothing for readers to hide.
 
 Example:
-    >>> path = write_star_catalog("run/stars.zarr", columns, chunk_rows=50_000)  # doctest: +SKIP
-    >>> cat = open_catalog(path)  # doctest: +SKIP
-    >>> len(cat), cat.attrs["format"]  # doctest: +SKIP
-    (200000, 'galmock.stars/1')
-    >>> cat.to_dask()["x"]  # a lazy dask array, one task per chunk  # doctest: +SKIP
-    >>> cat.to_dataframe(["x", "mass"])  # a lazy dask DataFrame  # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> columns = {c: rng.normal(size=200).astype(s.dtype) for c, s in STAR_COLUMNS.items()}
+    >>> path = write_star_catalog(tmp_path / "stars.zarr", columns, chunk_rows=50)
+    >>> cat = open_catalog(path)
+    >>> len(cat), cat.attrs["format"]
+    (200, 'galmock.stars/1')
+    >>> cat.to_dask()["x"]  # a lazy dask array, one task per chunk
+    dask.array<from-zarr, shape=(200,), dtype=float64, chunksize=(50,), chunktype=numpy.ndarray>
+    >>> cat.to_dataframe(["x", "mass"]).npartitions  # a lazy dask DataFrame
+    4
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
+import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from galmock.atomic import atomic_directory, atomic_write_text
+from galmock.atomic import atomic_directory, atomic_write_text, replace_path
 from galmock.errors import InputError
 
 __all__ = [
@@ -132,7 +139,13 @@ def create_catalog(
     """Allocate an empty catalog at ``path`` (``complete: false``); no chunk is written.
 
     Example:
-        >>> create_catalog("stars.zarr", STAR_COLUMNS, n_rows=10, chunk_rows=4)  # doctest: +SKIP
+        >>> path = create_catalog(tmp_path / "stars.zarr", STAR_COLUMNS, n_rows=10, chunk_rows=4)
+        >>> zarr.open_group(path).attrs["complete"]
+        False
+        >>> open_catalog(path)
+        Traceback (most recent call last):
+        ...
+        galmock.errors.InputError: .../stars.zarr: attribute complete = False: the catalog is ...
     """
     path = Path(path)
     if n_rows < 0 or chunk_rows <= 0:
@@ -201,7 +214,11 @@ def write_star_catalog(
     extra columns are stored too, with an empty unit.
 
     Example:
-        >>> write_star_catalog("run/stars.zarr", cols, 50_000, {"job": "demo"})  # doctest: +SKIP
+        >>> cols = {c: np.zeros(10, s.dtype) for c, s in STAR_COLUMNS.items()}
+        >>> write_star_catalog(tmp_path / "stars.zarr", cols, 4, {"job": "demo"}).name
+        'stars.zarr'
+        >>> open_catalog(tmp_path / "stars.zarr").attrs["job"]
+        'demo'
     """
     missing = [c for c in STAR_COLUMNS if c not in columns]
     if missing:
@@ -228,8 +245,12 @@ class StarCatalog:
     """A checked, complete catalog opened for reading; columns are read lazily.
 
     Example:
-        >>> cat = open_catalog("run/stars.zarr")  # doctest: +SKIP
-        >>> cols = cat.read(0, 1000, ["x", "y"])  # numpy arrays  # doctest: +SKIP
+        >>> cols = {c: np.arange(10).astype(s.dtype) for c, s in STAR_COLUMNS.items()}
+        >>> cat = open_catalog(write_star_catalog(tmp_path / "stars.zarr", cols, chunk_rows=4))
+        >>> cat.read(0, 3, ["x", "y"])  # numpy arrays
+        {'x': array([0., 1., 2.]), 'y': array([0., 1., 2.])}
+        >>> list(cat.chunks())
+        [(0, 4), (4, 8), (8, 10)]
     """
 
     path: Path
@@ -277,21 +298,21 @@ class StarCatalog:
     def to_dask(self, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """Lazy dask arrays, one per column, chunked like the store."""
         # Dask stays in galmock.parallel; this is only a convenience for notebooks.
-        from galmock.parallel.dask import zarr_columns_to_dask
-
         names = list(columns) if columns is not None else self.columns
-        return zarr_columns_to_dask({c: self.array(c) for c in names})
+        return {c: da.from_zarr(self.array(c)) for c in names}
 
     def to_dataframe(self, columns: Iterable[str] | None = None) -> Any:
         """A lazy dask DataFrame, one partition per chunk, indexed by row number.
 
         Example:
-            >>> df = open_catalog("run/stars.zarr").to_dataframe(["x", "mass"])  # doctest: +SKIP
-            >>> df.groupby(df.index // 10**6)["mass"].sum().compute()  # doctest: +SKIP
+            >>> cols = {c: np.ones(10, s.dtype) for c, s in STAR_COLUMNS.items()}
+            >>> path = write_star_catalog(tmp_path / "stars.zarr", cols, chunk_rows=4)
+            >>> df = open_catalog(path).to_dataframe(["x", "mass"])
+            >>> df.npartitions
+            3
+            >>> df.groupby(df.index // 5)["mass"].sum().compute().tolist()
+            [5.0, 5.0]
         """
-        import dask.dataframe as dd
-        import pandas as pd
-
         names = list(columns) if columns is not None else self.columns
         meta = pd.DataFrame({c: np.empty(0, dtype=self.array(c).dtype) for c in names})
         ranges = list(self.chunks())
@@ -304,9 +325,7 @@ class StarCatalog:
         )  # fmt: skip
 
 
-def _read_frame(rows: tuple[int, int], path: str, columns: list[str]) -> Any:
-    import pandas as pd
-
+def _read_frame(rows: tuple[int, int], path: str, columns: list[str]) -> pd.DataFrame:
     start, stop = rows
     group = zarr.open_group(path, mode="r")
     data = {c: group[c][start:stop] for c in columns}  # type: ignore[index]
@@ -322,8 +341,14 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
     ``n_rows`` / ``chunk_rows``.
 
     Example:
-        >>> open_catalog("run/stars.zarr", format=STARS_FORMAT).columns[:3]  # doctest: +SKIP
+        >>> cols = {c: np.zeros(3, s.dtype) for c, s in STAR_COLUMNS.items()}
+        >>> path = write_star_catalog(tmp_path / "stars.zarr", cols)
+        >>> open_catalog(path, format=STARS_FORMAT).columns[:3]
         ['x', 'y', 'z']
+        >>> open_catalog(path, format=CATALOG_FORMAT)
+        Traceback (most recent call last):
+        ...
+        galmock.errors.InputError: .../stars.zarr: attribute format = 'galmock.stars/1', expect...
     """
     path = Path(path)
     if not path.exists():
@@ -483,6 +508,18 @@ def _combine(hashers: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def zarr_attrs(path: str | Path) -> dict[str, Any] | None:
+    """A Zarr group's attributes read straight from its ``zarr.json`` (None if unreadable).
+
+    Cheap and lock-free: for progress reports on products that may be half-written.
+    """
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return dict(meta.get("attributes", {}))
+
+
 def is_current(path: str | Path, fingerprint: str) -> bool:
     """Whether ``path`` is a complete catalog built for ``fingerprint`` (then nothing to redo)."""
     try:
@@ -513,10 +550,22 @@ class BlockCatalog:
 
     Example:
         >>> layout = RowLayout((5, 7), chunk_rows=4)
-        >>> cat = BlockCatalog.prepare("stars.zarr", layout, STAR_COLUMNS, "fp")  # doctest: +SKIP
-        >>> with cat.writer(0) as w:                                 # doctest: +SKIP
-        ...     w.append(columns_of_five_rows)
-        >>> cat.record(w.record)                                     # doctest: +SKIP
+        >>> cat = BlockCatalog.prepare(tmp_path / "stars.zarr", layout, STAR_COLUMNS, "fp")
+        >>> for block in (0, 1):  # any process, any order
+        ...     with cat.writer(block) as w:
+        ...         n = layout.counts[block]
+        ...         w.append({c: np.full(n, block, s.dtype) for c, s in STAR_COLUMNS.items()})
+        ...     cat.record(w.record)
+        >>> BlockCatalog.progress(cat.staging)  # blocks done, blocks, rows written, rows
+        (2, 2, 12, 12)
+        >>> for k in layout.edge_chunks():  # chunk 1 holds rows 4:8, cut at row 5
+        ...     cat.assemble(k)
+        >>> cat.finalize().name
+        'stars.zarr'
+        >>> open_catalog(tmp_path / "stars.zarr").read(columns=["region"])["region"].tolist()
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+        >>> is_current(tmp_path / "stars.zarr", "fp")
+        True
     """
 
     def __init__(
@@ -535,6 +584,26 @@ class BlockCatalog:
     @property
     def staging(self) -> Path:
         return self.staging_dir(self.target)
+
+    @staticmethod
+    def progress(staging: str | Path) -> tuple[int, int, int, int] | None:
+        """(blocks done, blocks, rows written, rows) of a staging area, None if there is none.
+
+        Reads only finished records, so it is safe while writers are running.
+        """
+        staging = Path(staging)
+        layout = _read_layout_file(staging)
+        if layout is None:
+            return None
+        counts = [int(c) for c in layout["counts"]]
+        records = []
+        for path in (staging / "done").glob("block-*.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # being replaced right now
+        rows = sum(int(r["rows"]) for r in records)
+        return len(records), len(counts), rows, sum(counts)
 
     @property
     def store(self) -> Path:
@@ -649,13 +718,7 @@ class BlockCatalog:
         if missing:
             raise InputError(f"{self.store}: block(s) {missing[:10]} are not written yet")
         mark_complete(self.store, {**dict(attrs or {}), "blocks": [done[i] for i in sorted(done)]})
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.store, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_path(self.store, self.target)
         shutil.rmtree(self.staging, ignore_errors=True)
         return self.target
 
@@ -693,10 +756,16 @@ class BlockWriter:
     chunk plus the last appended batch. The checksum covers every column in catalog order.
 
     Example:
-        >>> with catalog.writer(3) as w:             # doctest: +SKIP
+        >>> layout = RowLayout((5, 7), chunk_rows=4)
+        >>> catalog = BlockCatalog.prepare(tmp_path / "s.zarr", layout, STAR_COLUMNS, "fp")
+        >>> batches = [{c: np.zeros(n, s.dtype) for c, s in STAR_COLUMNS.items()} for n in (3, 4)]
+        >>> with catalog.writer(1) as w:  # block 1: rows 5:12, pieces 5:8, whole chunk 8:12
         ...     for batch in batches:
         ...         w.append(batch)
-        >>> w.record["sha256"]                       # doctest: +SKIP
+        >>> {k: w.record[k] for k in ("block", "start", "rows")}
+        {'block': 1, 'start': 5, 'rows': 7}
+        >>> len(w.record["sha256"])
+        64
     """
 
     def __init__(self, catalog: BlockCatalog, block: int) -> None:

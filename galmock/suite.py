@@ -1,4 +1,5 @@
-"""Galaxy suites and the training of a conditional galaxy model (``galmock suite JOB``).
+"""Galaxy suites for the conditional galaxy model (``galmock suite JOB``,
+:mod:`galmock.stages.suite`).
 
 A suite is a list of galaxies, each a set of star particles in the 9-D star space of
 :mod:`galmock.flows.galaxy_model` with its global parameters (M*, τ50, τ10, mean [Fe/H])
@@ -12,25 +13,20 @@ stellar mass M*, with Δ = log10(M* / 5.5e10 Msun),
 - ages × 10^(0.2 Δ), capped at 13.8 Gyr (more massive galaxies formed their stars earlier).
 
 ``suite.leave_out`` galaxies are held out of training and used for validation. Training is
-the paper's: RAdam, exponentially decaying learning rate (:func:`learning_rate`), fixed epochs;
-checkpoints make a killed run resume where it stopped, bit for bit on the same CPU threads.
+:func:`galmock.flows.galaxy_training.fit_galaxy_model` (the paper's: RAdam, exponentially
+decaying learning rate, fixed epochs; resumable from checkpoints).
 
 Example:
     >>> galaxies = load_suite(job)                    # doctest: +SKIP
     >>> held = choose_leave_out(galaxies, 2)           # doctest: +SKIP
     >>> model, record = fit_galaxy_model([g for g in galaxies if g.name not in held],
-    ...                                  job.suite, seed=job.seed)   # doctest: +SKIP
+    ...                                  job.suite, job.suite, seed=job.seed)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
 import math
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from galmock.config import GalaxyConfig, JobConfig, SuiteConfig, SuiteDemoConfig
+from galmock.config import GalaxyConfig, JobConfig, SuiteDemoConfig
+from galmock.demo import demo_particles
 from galmock.errors import ConfigError, InputError
+from galmock.flows.galaxy_model import COLUMNS, global_parameters
+from galmock.ingest import orient, read_source
+from galmock.particles import check_particles
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ DEMO_MASS_MSUN = 5.5e10  # the demo galaxy's stellar mass (galmock.demo.TOTAL_MA
 MZR_SLOPE = 0.3  # d[Fe/H] / dlog10 M*
 AGE_SLOPE = 0.2  # dlog10(age) / dlog10 M*
 AGE_MAX_GYR = 13.8
-CHECKPOINT_FORMAT = "galmock.suite-checkpoint/1"
-VALIDATION_ROWS = 20_000  # rows of the left-out galaxies scored after every epoch
 
 
 @dataclass
@@ -88,8 +86,6 @@ def scale_demo_columns(
 def demo_suite(cfg: SuiteDemoConfig, seed: int, fractions: dict[str, float]) -> list[SuiteGalaxy]:
     """``cfg.n_galaxies`` scaled demo galaxies evenly spaced in log10 M*; galaxy i is sampled
     with seed (``seed``, i), so the suite is a function of the config and seed alone."""
-    from galmock.demo import demo_particles
-
     if not cfg.log_mass_max > cfg.log_mass_min:
         raise ConfigError(f"suite.demo: log_mass_max = {cfg.log_mass_max} must exceed "
                           f"log_mass_min = {cfg.log_mass_min}")
@@ -103,8 +99,6 @@ def demo_suite(cfg: SuiteDemoConfig, seed: int, fractions: dict[str, float]) -> 
 
 
 def _galaxy(name: str, cols: dict[str, np.ndarray], source: str) -> SuiteGalaxy:
-    from galmock.flows.galaxy_model import COLUMNS, global_parameters
-
     stars = np.column_stack([np.asarray(cols[c], dtype=np.float64) for c in COLUMNS])
     params = global_parameters(cols["mass"], cols["age"], cols["feh"])
     return SuiteGalaxy(name, stars, np.asarray(cols["mass"], np.float64), params, source)
@@ -144,9 +138,6 @@ def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def read_suite_galaxy(name: str, galaxy: GalaxyConfig, seed: int) -> SuiteGalaxy:
     """Read, check, centre and align one suite galaxy as ingest does."""
-    from galmock.ingest import orient, read_source
-    from galmock.particles import check_particles
-
     source = read_source(galaxy, seed=seed)
     cols = check_particles(source.columns, source.path, source.labels)
     cols, _ = orient(cols, galaxy, source.path)
@@ -203,245 +194,3 @@ def choose_leave_out(galaxies: Sequence[SuiteGalaxy], leave_out: int | Sequence[
                           f"suite's {len(galaxies)} galaxies to train on")
     return list(dict.fromkeys(leave_out))
 
-
-# -- training -----------------------------------------------------------------------------------
-
-
-def learning_rate(step: int, cfg: SuiteConfig) -> float:
-    """The paper's schedule: lr0 · γ^k, k growing every ``lr_decay_every_steps`` steps, and
-    every ``lr_slow_decay_every_steps`` once the rate is below ``lr_slow_below``.
-
-    Example:
-        >>> learning_rate(0, job.suite), learning_rate(10, job.suite)   # doctest: +SKIP
-        (9e-05, 8.982e-05)
-    """
-    lr0, gamma = cfg.learning_rate, cfg.lr_decay
-    if gamma >= 1 or cfg.lr_slow_below <= 0 or lr0 < cfg.lr_slow_below:
-        fast = math.inf
-    else:  # decays until the rate first drops below lr_slow_below
-        fast = max(0, math.ceil(math.log(cfg.lr_slow_below / lr0) / math.log(gamma)))
-    k = step // cfg.lr_decay_every_steps
-    if k > fast:
-        k = fast + (step - fast * cfg.lr_decay_every_steps) // cfg.lr_slow_decay_every_steps
-    return lr0 * gamma**k
-
-
-def _training_rows(
-    galaxies: Sequence[SuiteGalaxy], rows: int | None = None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    from galmock.flows.galaxy_model import PARAMETERS
-
-    stars, params = [], []
-    for g in galaxies:
-        stars.append(g.stars)
-        vec = np.array([g.parameters[k] for k in PARAMETERS])
-        params.append(np.broadcast_to(vec, (len(g.stars), len(PARAMETERS))))
-    x, p = np.concatenate(stars), np.concatenate(params)
-    if rows is not None and len(x) > rows:
-        keep = np.sort(np.random.default_rng(seed).choice(len(x), rows, replace=False))
-        x, p = x[keep], p[keep]
-    return x, p
-
-
-def fit_galaxy_model(
-    train: Sequence[SuiteGalaxy],
-    cfg: SuiteConfig,
-    seed: int,
-    validation: Sequence[SuiteGalaxy] = (),
-    workdir: str | Path | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Train a :class:`~galmock.flows.galaxy_model.GalaxyModel` on the ``train`` galaxies;
-    returns it and a training record (losses per epoch, wall time, resumes).
-
-    With ``workdir`` the run checkpoints there every ``checkpoint_every_epochs`` epochs and
-    resumes from a checkpoint of the same data, recipe and seed.
-    """
-    import torch
-
-    from galmock.flows.base import resolve_device
-    from galmock.flows.conditional_nsf import ConditionalNSF
-    from galmock.flows.galaxy_model import COLUMNS, PARAMETERS, GalaxyModel, ZScore
-    from galmock.flows.galaxy_model import condition_features as features
-    from galmock.train import TrainingError, derive_seed
-
-    device = resolve_device(cfg.device)
-    x, p = _training_rows(train)
-    cond = features(np.array([[g.parameters[k] for k in PARAMETERS] for g in train]))
-    data_pre = ZScore.fit(x, "suite training stars")
-    cond_pre = ZScore.fit(cond, "suite galaxy parameters (do the galaxies differ?)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "suite", "init"))
-        flow = ConditionalNSF.from_options(len(COLUMNS), len(PARAMETERS), cfg)
-    model = GalaxyModel(flow, data_pre, cond_pre).to(device)
-    y, c = model.encode(x, p)
-    val = None
-    if validation:
-        vx, vp = _training_rows(validation, VALIDATION_ROWS, derive_seed(seed, "suite", "val"))
-        val = model.encode(vx, vp)
-    optimizer = torch.optim.RAdam(model.flow.parameters(), lr=learning_rate(0, cfg))
-    shuffle = torch.Generator().manual_seed(derive_seed(seed, "suite", "shuffle"))
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "train_loss": [], "validation_loss": [],
-                             "wall_time_s": 0.0, "resumed_from_epoch": []}
-    fingerprint = _fingerprint(model, x, p, cfg, seed)
-    ckpt = Path(workdir) / "checkpoint" if workdir is not None else None
-    if ckpt is not None and _restore(ckpt, fingerprint, model, optimizer, shuffle, state):
-        state["resumed_from_epoch"].append(state["epoch"])
-        log.info("suite: resumed from %s at epoch %d", ckpt, state["epoch"])
-    started = time.perf_counter() - state["wall_time_s"]
-    while state["epoch"] < cfg.epochs:
-        model.flow.train()
-        total = 0.0
-        order = torch.randperm(len(y), generator=shuffle).to(device)
-        for rows in order.split(cfg.batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(state["step"], cfg)
-            loss = -model.flow.log_prob(y[rows], c[rows]).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(f"suite: non-finite training loss at epoch "
-                                    f"{state['epoch'] + 1}, step {state['step']}; lower "
-                                    "suite.learning_rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state["step"] += 1
-            total += float(loss.detach()) * len(rows)
-        model.flow.eval()
-        state["epoch"] += 1
-        state["train_loss"].append(total / len(y) - data_pre.log_abs_det())
-        if val is not None:
-            with torch.no_grad():
-                nll = -float(model.flow.log_prob(*val).double().mean())
-            state["validation_loss"].append(nll - data_pre.log_abs_det())
-        log.info("suite: epoch %d/%d: training NLL %.4f, validation NLL %s", state["epoch"],
-                 cfg.epochs, state["train_loss"][-1],
-                 f"{state['validation_loss'][-1]:.4f}" if val is not None else "-")
-        if ckpt is not None and (state["epoch"] % cfg.checkpoint_every_epochs == 0
-                                 or state["epoch"] == cfg.epochs):
-            state["wall_time_s"] = time.perf_counter() - started
-            _save(ckpt, fingerprint, model, optimizer, shuffle, state)
-    state["wall_time_s"] = time.perf_counter() - started
-    record = {
-        "seed": int(seed),
-        "rows": len(y),
-        "epochs": state["epoch"],
-        "steps": state["step"],
-        "train_nll": state["train_loss"],
-        "validation_nll": state["validation_loss"],
-        "wall_time_s": state["wall_time_s"],
-        "resumed_from_epoch": state["resumed_from_epoch"],
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "config": cfg.model_dump(mode="json"),
-    }
-    model.metadata["training"] = record
-    return model, record
-
-
-def _fingerprint(model: Any, x: np.ndarray, p: np.ndarray, cfg: SuiteConfig, seed: int) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(x, "<f8").tobytes())
-    digest.update(np.ascontiguousarray(p, "<f8").tobytes())
-    recipe = cfg.model_dump(mode="json")
-    # Not what the weights depend on up to the last common epoch: a run may be extended.
-    for k in ("device", "threads", "register_as", "report", "checkpoint_every_epochs", "epochs"):
-        recipe.pop(k, None)
-    payload = {"arch": model.flow.architecture(), "recipe": recipe, "seed": seed,
-               "data": digest.hexdigest()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _save(path: Path, fingerprint: str, model: Any, optimizer: Any, shuffle: Any,
-          state: dict[str, Any]) -> None:
-    import safetensors.torch
-
-    from galmock.atomic import atomic_directory
-
-    opt = optimizer.state_dict()
-    tensors = {"rng.shuffle": shuffle.get_state()}
-    tensors.update({f"model.{k}": v for k, v in model.flow.state_dict().items()})
-    for index, slots in opt["state"].items():
-        tensors.update({f"optim.{index}.{k}": v for k, v in slots.items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": state,
-            "param_groups": opt["param_groups"]}
-    with atomic_directory(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta))
-
-
-def _restore(path: Path, fingerprint: str, model: Any, optimizer: Any, shuffle: Any,
-             state: dict[str, Any]) -> bool:
-    import safetensors
-    import safetensors.torch
-
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        tensors = safetensors.torch.load_file(str(path / "state.safetensors"))
-    except (OSError, ValueError, safetensors.SafetensorError):
-        return False
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("fingerprint") != fingerprint:
-        log.warning("%s: checkpoint is for other data, settings or seed; starting afresh", path)
-        return False
-    device = model.device
-    model.flow.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    model.to(device)
-    slots: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": meta["param_groups"]})
-    shuffle.set_state(tensors["rng.shuffle"])
-    state.update(meta["state"])
-    return True
-
-
-# -- the command ----------------------------------------------------------------------------
-
-
-def suite_command(job: JobConfig, args: argparse.Namespace | None = None) -> Path:
-    """``galmock suite JOB``: train on the suite, save ``<run>/suite/model``, write the
-    validation report to ``<run>/suite/report/`` and register the model if asked."""
-    import torch
-
-    from galmock.flows.galaxy_model import save_galaxy_model
-    from galmock.validate.galaxy_model import write_report
-
-    cfg = job.suite
-    if cfg.register_as is not None:
-        from galmock.flows.registry import _NAME
-
-        if not _NAME.match(cfg.register_as):
-            raise ConfigError(f"suite.register_as = {cfg.register_as!r}: use letters, digits, "
-                              "'.', '_' and '-'")
-    if cfg.threads != "auto":
-        torch.set_num_threads(int(cfg.threads))
-    galaxies = load_suite(job)
-    held = choose_leave_out(galaxies, cfg.leave_out)
-    train = [g for g in galaxies if g.name not in held]
-    validation = [g for g in galaxies if g.name in held]
-    root = job.run_dir / "suite"
-    target, workdir = root / "model", root / "model.work"
-    log.info("suite: %d galaxies (%s held out), log M* %.2f-%.2f, %d training rows", len(galaxies),
-             ", ".join(held) or "none", min(g.log_mass for g in galaxies),
-             max(g.log_mass for g in galaxies), sum(len(g.stars) for g in train))
-    model, record = fit_galaxy_model(train, cfg, job.seed, validation, workdir)
-    model.metadata["suite"] = {
-        "galaxies": [{"name": g.name, "source": g.source, "particles": len(g.stars),
-                      "parameters": g.parameters, "left_out": g.name in held}
-                     for g in galaxies],
-        "left_out": held,
-    }
-    save_galaxy_model(model, target)
-    shutil.rmtree(workdir, ignore_errors=True)  # the artifact supersedes the checkpoints
-    report = write_report(model, galaxies, held, root / "report", cfg.report, job.seed)
-    if cfg.register_as is not None:
-        from galmock.flows.registry import register
-
-        register(cfg.register_as, target, overwrite=True)
-    print(f"galaxy model ({record['epochs']} epochs, {record['wall_time_s']:.0f} s) -> {target}")
-    print(f"validation report -> {report}")
-    if cfg.register_as is not None:
-        print(f"registered as {cfg.register_as}")
-    return target

@@ -1,4 +1,7 @@
-"""Cluster fixtures: a throwaway single-node Slurm for tests marked ``slurm``.
+"""Shared fixtures: the flow families, and a throwaway single-node Slurm for tests marked ``slurm``.
+
+``flow_kind`` runs a test once per registered flow family (:func:`galmock.flows.family_names`),
+so a new family is tested wherever the built-in ones are.
 
 ``slurm`` (session scope) uses a Slurm that already answers ``sinfo``, or else starts one with
 ``slurm/local-slurm.sh up`` (as root on Debian with apt: installs slurm-wlm + munge the first
@@ -17,8 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from galmock.flows import family_names
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "slurm" / "local-slurm.sh"
+
+
+@pytest.fixture(params=family_names())
+def flow_kind(request: pytest.FixtureRequest) -> str:
+    """Each registered flow family's name in turn (``cnf``, ``maf``, ``nsf``, ...)."""
+    return request.param
 
 
 def _slurm_required() -> bool:

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from galmock.config import default_config, load_job
+from galmock.config import MOVED_KEYS, FlowsConfig, default_config, load_job
 from galmock.errors import ConfigError
+from galmock.flows import family, family_names
 
 JOBS = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
 
@@ -64,8 +65,9 @@ def test_bad_value_names_value(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported(tmp_path: Path) -> None:
-    msg = error_of(write(tmp_path, "seed: -1\nflows:\n  rk4_steps: 0\nbogus: 1\n"))
+    msg = error_of(write(tmp_path, "seed: -1\nflows:\n  cnf:\n    rk4_steps: 0\nbogus: 1\n"))
     assert msg.count("\n  ") == 3
+    assert "flows.cnf.rk4_steps = 0 (line 4): Input should be greater than 0" in msg
 
 
 def test_unknown_unit(tmp_path: Path) -> None:
@@ -117,3 +119,71 @@ def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
     cfg = load_job(JOBS[0], ["seed=7"])
     again = load_job(write(tmp_path, cfg.to_yaml()))
     assert again == cfg
+
+
+def test_flat_flows_keys_of_old_job_files_name_their_new_place(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: old\nflows:\n  kind: maf\n  rk4_steps: 4\n  transforms: 3\n"
+                           "  spline_bins: 6\n  learning_rate: 1.0e-2\n  radial_c: 1.1\n")
+    msg = error_of(path, ["flows.ensemble_size=2"])
+    assert "flows.rk4_steps = 4 (line 4): moved to flows.cnf.rk4_steps" in msg
+    assert ("flows.transforms = 3 (line 5): moved to flows.maf.transforms and "
+            "flows.nsf.transforms") in msg
+    assert "flows.spline_bins = 6 (line 6): moved to flows.nsf.spline_bins" in msg
+    assert "flows.learning_rate = 0.01 (line 7): moved to flows.training.learning_rate" in msg
+    assert "flows.radial_c = 1.1 (line 8): moved to flows.training.radial_c" in msg
+    assert ("flows.ensemble_size = 2 (from --set flows.ensemble_size=2): moved to "
+            "flows.training.ensemble_size") in msg
+    # Every moved key is named, each once, and nothing else is wrong with the file.
+    assert msg.count("\n  ") == 6
+    assert all(old[0] == "flows" and len(old) == 2 for old in MOVED_KEYS)
+
+
+def test_family_sections_are_checked_and_filled_from_defaults(tmp_path: Path) -> None:
+    cfg = load_job(write(tmp_path, "flows:\n  kind: nsf\n  nsf:\n    spline_bins: 12\n"))
+    assert cfg.flows.options() == family("nsf").parse_options({"spline_bins": 12})
+    assert cfg.flows.options().transforms == default_config()["flows"]["nsf"]["transforms"]
+    assert cfg.flows.cnf.rk4_steps == 20  # every family's section is there
+    msg = error_of(write(tmp_path, "flows:\n  kind: glow\n  nsf:\n    bins: 4\n  maf: 3\n"))
+    assert "flows.kind = 'glow' (line 2): unknown flow kind 'glow' (known: cnf, maf, nsf" in msg
+    assert "flows.nsf.bins = 4 (line 4): unknown key" in msg
+    assert "flows.maf = 3 (line 5)" in msg
+    cfg = load_job(write(tmp_path, ""), ["flows.cnf.rk4_steps=3"])
+    assert cfg.flows.cnf.rk4_steps == 3
+
+
+def test_defaults_file_holds_every_builtin_family_default() -> None:
+    flows = default_config()["flows"]
+    for name in family_names():
+        assert flows[name] == dict(family(name).defaults), name
+
+
+def test_recipe_is_what_makes_a_model_stale() -> None:
+    cfg = FlowsConfig.from_defaults(kind="maf")
+    recipe = cfg.recipe()
+    assert list(recipe) == ["kind", "hidden_features", "hidden_layers", "activation", "maf",
+                            "training"]
+    assert recipe["training"] == cfg.training.model_dump()
+    assert cfg.stale_keys(recipe) == []
+    # Runtime settings and other families' options do not make a model stale...
+    for change in ({"device": "cpu", "threads": 3, "chunk_rows": 10, "compile": True,
+                    "checkpoint_every_epochs": 1, "load": "x"}, {"nsf": {"spline_bins": 3}},
+                   {"cnf": {"rk4_steps": 3}}):
+        assert FlowsConfig.from_defaults(kind="maf", **change).stale_keys(recipe) == []
+    # ...every recipe setting does.
+    assert FlowsConfig.from_defaults(kind="maf", maf={"transforms": 2}).stale_keys(recipe) == [
+        "maf.transforms"
+    ]
+    assert FlowsConfig.from_defaults(
+        kind="maf", training={"radial_c": 1.01, "ensemble_size": 3}
+    ).stale_keys(recipe) == ["training.radial_c", "training.ensemble_size"]
+    assert "kind" in FlowsConfig.from_defaults(kind="nsf").stale_keys(recipe)
+
+
+def test_artifacts_recorded_with_flat_flows_settings_are_still_current() -> None:
+    cfg = FlowsConfig.from_defaults(kind="cnf")
+    flat = {k: v for k, v in cfg.model_dump(mode="json").items()
+            if k not in ("training", *family_names())}
+    flat.update(cfg.training.model_dump(mode="json"), rk4_steps=20, transforms=5, spline_bins=8)
+    assert cfg.stale_keys(flat) == []
+    assert cfg.stale_keys({**flat, "rk4_steps": 4}) == ["cnf.rk4_steps"]
+    assert cfg.stale_keys({**flat, "max_epochs": 4}) == ["training.max_epochs"]

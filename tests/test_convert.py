@@ -24,10 +24,10 @@ import zarr
 from distributed import Client, LocalCluster
 
 from galmock.config import JobConfig, default_config, validate_job
-from galmock.convert import convert
 from galmock.errors import ConfigError, InputError
 from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
 from galmock.selection import cone_mask, load_catalog_spec
+from galmock.stages.convert import run as convert
 from galmock.store import CATALOG_FORMAT, STAR_COLUMNS, open_catalog, write_star_catalog
 
 pytestmark = pytest.mark.slow
@@ -227,7 +227,8 @@ def test_killed_conversion_reruns_without_duplicates(stars, client, tmp_path):
             {"name": "killed", "output": str(run), "convert": {**CONVERT, "n_workers": 1}}
         )
     )
-    script = "import sys; from galmock.config import load_job; from galmock.convert import convert"
+    script = ("import sys; from galmock.config import load_job; "
+              "from galmock.stages.convert import run as convert")
     script += "; convert(load_job(sys.argv[1]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", script, str(job_file)],
@@ -304,7 +305,8 @@ def test_dask_mpi_gives_the_local_result(reference, stars, tmp_path):
     job_file.write_text(
         yaml.safe_dump({"name": "convert-test", "output": str(run), "convert": convert_keys})
     )
-    script = "import sys; from galmock.config import load_job; from galmock.convert import convert"
+    script = ("import sys; from galmock.config import load_job; "
+              "from galmock.stages.convert import run as convert")
     script += "; convert(load_job(sys.argv[1]))"
     done = subprocess.run(
         [str(mpiexec), "-n", "3", sys.executable, "-c", script, str(job_file)],

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
-from galmock.flows.base import flow_from_architecture
 from galmock.flows.cnf import CNF
+from galmock.flows.families import flow_from_architecture
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from galmock.flows.base import build_flow
 from galmock.flows.ensemble import FlowEnsemble
+from galmock.flows.families import NetworkOptions, build_flow
 from galmock.flows.phase_space import PhaseSpaceFlow
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
 
@@ -31,13 +31,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-class Options:
-    hidden_features = 16
-    hidden_layers = 2
-    activation = "gelu"
-    rk4_steps = 4
-    transforms = 2
-    spline_bins = 6
+NETWORK = NetworkOptions(hidden_features=16, hidden_layers=2, activation="gelu")
+OPTIONS = {"cnf": {"rk4_steps": 4}, "maf": {"transforms": 2},
+           "nsf": {"transforms": 2, "spline_bins": 6}}  # a new family: its defaults
 
 
 def toy_particles(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,8 +47,8 @@ def toy_particles(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 def make_model(kind: str = "cnf", seed: int = 0) -> PhaseSpaceFlow:
     pos, vel = toy_particles()
     torch.manual_seed(seed)
-    position = build_flow(kind, 3, 0, Options)
-    velocity = build_flow(kind, 3, 3, Options)
+    position = build_flow(kind, 3, 0, NETWORK, OPTIONS.get(kind))
+    velocity = build_flow(kind, 3, 3, NETWORK, OPTIONS.get(kind))
     v_max = float(np.linalg.norm(vel, axis=1).max())
     return PhaseSpaceFlow(position, velocity, PositionPreprocessing.fit(pos, CENTRE, R_MAX),
                           VelocityPreprocessing.fit(vel), v_max, chunk_rows=4096)
@@ -71,9 +67,8 @@ def proposal(n: int, model: PhaseSpaceFlow, seed: int) -> tuple[torch.Tensor, ..
     return torch.as_tensor(np.asarray(CENTRE) + d), torch.as_tensor(vel), torch.as_tensor(log_q)
 
 
-@pytest.mark.parametrize("kind", ["cnf", "maf", "nsf"])
-def test_physical_density_is_normalised(kind) -> None:
-    model = make_model(kind)
+def test_physical_density_is_normalised(flow_kind) -> None:
+    model = make_model(flow_kind)
     pos, vel, log_q = proposal(20_000, model, seed=1)
     w = (model.log_prob(pos, vel) - log_q).exp()
     estimate, error = float(w.mean()), float(w.std() / math.sqrt(len(w)))

@@ -25,7 +25,7 @@ from galmock.flows.galaxy_model import (
     load_galaxy_model,
     save_galaxy_model,
 )
-from galmock.suite import learning_rate
+from galmock.flows.galaxy_training import learning_rate
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,7 +19,6 @@ from astropy.cosmology import FlatLambdaCDM
 
 from galmock.config import UnitsConfig, load_job
 from galmock.errors import ConfigError, InputError
-from galmock.ingest import ingest
 from galmock.ingest.gadget import (
     GADGET_UNIT_LENGTH_CM,
     GADGET_UNIT_MASS_G,
@@ -27,6 +26,7 @@ from galmock.ingest.gadget import (
     read_gadget_snapshot,
 )
 from galmock.particles import read_particle_store
+from galmock.stages.ingest import run as ingest
 
 H = 0.7
 A = 0.5

@@ -17,9 +17,9 @@ from astropy.table import QTable, Table
 
 from galmock.config import UnitsConfig, load_job
 from galmock.errors import ConfigError, InputError
-from galmock.ingest import ingest
 from galmock.ingest.tables import read_table
 from galmock.particles import read_particle_store
+from galmock.stages.ingest import run as ingest
 
 FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "age", "feh", "ofe", "id")
 IDENTITY = {f: f for f in FIELDS}

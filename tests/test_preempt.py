@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from galmock import preempt
-from galmock.config import FlowsConfig, default_config
+from galmock.config import FlowsConfig
+from galmock.flows.training import fit_density_flow, new_flow
 from galmock.parallel.mpi import SerialComm
-from galmock.train import fit_density_flow, new_flow
 
 
 @pytest.fixture(autouse=True)
@@ -22,11 +22,17 @@ def _one_thread():
 
 
 def small_config() -> FlowsConfig:
-    data = default_config()["flows"]
-    data.update(hidden_features=8, hidden_layers=1, rk4_steps=2, patience_epochs=2,
-                max_epochs=4, batches_per_epoch=2, ensemble_size=1, checkpoint_every_epochs=3,
-                device="cpu")  # fmt: skip
-    return FlowsConfig(**data)
+    return FlowsConfig.from_defaults(
+        hidden_features=8, hidden_layers=1, cnf={"rk4_steps": 2}, checkpoint_every_epochs=3,
+        training={"patience_epochs": 2, "max_epochs": 4, "batches_per_epoch": 2,
+                  "ensemble_size": 1},
+        device="cpu",
+    )
+
+
+def fit(flow, x, cfg: FlowsConfig, checkpoint_dir=None):
+    return fit_density_flow(flow, x, None, cfg.training, seed=5, checkpoint_dir=checkpoint_dir,
+                            label="position", runtime=cfg.runtime())
 
 
 def test_signals_only_set_the_flag_inside_handling() -> None:
@@ -49,21 +55,21 @@ def test_signals_only_set_the_flag_inside_handling() -> None:
 def test_training_checkpoints_and_stops_then_resumes_identically(tmp_path) -> None:
     cfg = small_config()
     x = torch.randn(300, 3, generator=torch.Generator().manual_seed(3))
-    reference = new_flow("cnf", 3, 0, cfg, seed=5)
-    ref_report = fit_density_flow(reference, x, None, cfg, seed=5, label="position")
+    reference = new_flow(cfg.spec(), 3, 0, seed=5)
+    ref_report = fit(reference, x, cfg)
 
     ckpt = tmp_path / "position.ckpt"
-    flow = new_flow("cnf", 3, 0, cfg, seed=5)
+    flow = new_flow(cfg.spec(), 3, 0, seed=5)
     with preempt.handling():
         os.kill(os.getpid(), signal.SIGUSR1)
         with pytest.raises(preempt.Preempted, match="checkpointed at epoch 1"):
-            fit_density_flow(flow, x, None, cfg, seed=5, checkpoint_dir=ckpt, label="position")
+            fit(flow, x, cfg, ckpt)
     # The checkpoint is from the epoch the signal interrupted, not the periodic one (every 3).
     assert (ckpt / "state.json").is_file()
     assert '"epoch": 1' in (ckpt / "state.json").read_text()
 
-    resumed = new_flow("cnf", 3, 0, cfg, seed=5)
-    report = fit_density_flow(resumed, x, None, cfg, seed=5, checkpoint_dir=ckpt, label="position")
+    resumed = new_flow(cfg.spec(), 3, 0, seed=5)
+    report = fit(resumed, x, cfg, ckpt)
     assert report.resumed_from_epoch == [1]
     assert report.history == ref_report.history
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):

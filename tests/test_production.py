@@ -27,7 +27,7 @@ from galmock.config import load_job
 from galmock.demo import DemoGalaxy
 from galmock.imf import kroupa2001
 from galmock.plan import read_plan
-from galmock.run import run_pipeline, run_stage
+from galmock.stages import run_pipeline, run_stage
 from galmock.store import BlockCatalog, columns_sha256, open_catalog
 
 BIN = Path(sys.executable).parent
@@ -47,8 +47,9 @@ JOB = {
     },
     "plan": {"kind": "kdtree", "target_particles": 3500, "margin_kpc": 1.0},
     "flows": {
-        "kind": "maf", "hidden_features": 32, "hidden_layers": 2, "transforms": 4,
-        "max_epochs": 40, "patience_epochs": 15, "ensemble_size": 1, "learning_rate": 3e-3,
+        "kind": "maf", "hidden_features": 32, "hidden_layers": 2, "maf": {"transforms": 4},
+        "training": {"max_epochs": 40, "patience_epochs": 15, "ensemble_size": 1,
+                     "learning_rate": 3e-3},
         "threads": 1,
     },
     "upsample": {"mode": "imf", "sampling_fraction": 8e-5, "chunk_rows": 16384,
@@ -342,11 +343,10 @@ def test_stitching_is_seamless_with_exact_region_models(tmp_path, monkeypatch) -
     """
     import torch
 
-    import galmock.flows.artifact
-    import galmock.production
+    import galmock.stages.upsample
 
-    monkeypatch.setattr(galmock.flows.artifact, "load_artifact", lambda *a, **k: ExactModel())
-    monkeypatch.setattr(galmock.production, "_model_identity", lambda location: {})
+    monkeypatch.setattr(galmock.stages.upsample, "load_artifact", lambda *a, **k: ExactModel())
+    monkeypatch.setattr(galmock.stages.upsample, "model_identity", lambda location: {})
     threads = torch.get_num_threads()
     job = load_job(write_job(tmp_path, {
         "name": "exact", "seed": 1, "galaxy": {"demo": {"n_particles": 20_000}},
@@ -398,9 +398,11 @@ def test_cnf_trains_and_upsamples_end_to_end(tmp_path) -> None:
     job = load_job(write_job(tmp_path, {
         "name": "cnf", "seed": 2, "galaxy": {"demo": {"n_particles": 4000}},
         "plan": {"target_particles": 2500, "margin_kpc": 0.5},
-        "flows": {"kind": "cnf", "hidden_features": 8, "hidden_layers": 2, "rk4_steps": 4,
-                  "max_epochs": 2, "patience_epochs": 2, "batches_per_epoch": 4,
-                  "ensemble_size": 1, "threads": 1, "device": "cpu"},
+        "flows": {"kind": "cnf", "hidden_features": 8, "hidden_layers": 2,
+                  "cnf": {"rk4_steps": 4},
+                  "training": {"max_epochs": 2, "patience_epochs": 2, "batches_per_epoch": 4,
+                               "ensemble_size": 1},
+                  "threads": 1, "device": "cpu"},
         "upsample": {"mode": "fixed", "stars_per_particle": 3, "chunk_rows": 4096},
     }), output=tmp_path / "run")  # fmt: skip
     try:

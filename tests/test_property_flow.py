@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -11,12 +12,19 @@ import torch
 
 from galmock.config import default_config, validate_job
 from galmock.demo import demo_particles
-from galmock.flows.property_flow import fit_property_flow, load_property_flow, save_property_flow
-from galmock.run import run_stage
+from galmock.flows.property_flow import (
+    fit_property_flow,
+    load_property_flow,
+    save_property_flow,
+    train_property_flow,
+)
+from galmock.stages import run_stage
 from galmock.store import open_catalog
 
-FLOWS = {"learning_rate": 3e-3, "finetune_learning_rate": 3e-4, "batches_per_epoch": 8,
-         "patience_epochs": 5, "max_epochs": 25, "threads": 1, "device": "cpu"}
+TRAINING = {**default_config()["flows"]["training"], "learning_rate": 3e-3,
+            "finetune_learning_rate": 3e-4, "batches_per_epoch": 8, "patience_epochs": 5,
+            "max_epochs": 25}
+FLOWS = {"training": TRAINING, "threads": 1, "device": "cpu"}
 SIZE = {"transforms": 3, "hidden_features": 32, "hidden_layers": 2, "spline_bins": 8}
 
 
@@ -50,8 +58,9 @@ def trained():
     torch.set_num_threads(1)
     pos, vel, age, feh = disk_sample(11)
     cfg = job(flows=FLOWS, upsample={"property_flow": SIZE})
-    model = fit_property_flow(pos, vel, {"age": age, "feh": feh}, cfg.flows,
-                              cfg.upsample.property_flow, seed=3)
+    model = fit_property_flow(pos, vel, {"age": age, "feh": feh}, cfg.upsample.property_flow,
+                              cfg.flows.training, cfg.flows.activation, seed=3,
+                              runtime=cfg.flows.runtime())
     yield model
     torch.set_num_threads(threads)
 
@@ -92,6 +101,33 @@ def test_sampling_is_deterministic_and_survives_save_load(trained, tmp_path):
                           trained.log_prob(np.column_stack([a["age"], a["feh"]]), pos, vel))
 
 
+def test_a_current_property_flow_is_kept_and_a_stale_one_retrained(tmp_path):
+    pos, vel, age, feh = disk_sample(14, n=3000)
+    cfg = job(flows=FLOWS)
+    size = cfg.upsample.property_flow.model_copy(update={"hidden_features": 8, "transforms": 1})
+    recipe = cfg.flows.training.model_copy(update={"max_epochs": 2})
+    target, work = tmp_path / "region-0000-properties", tmp_path / "region-0000-properties.work"
+
+    def train(recipe=recipe):
+        path = train_property_flow(target, work, pos, vel, {"age": age, "feh": feh}, size,
+                                   recipe, "gelu", seed=5)
+        assert path == target and not work.exists()
+        return (target / "model.safetensors").stat().st_mtime_ns
+
+    first = train()
+    assert train() == first  # current: kept
+    # An artifact written before flows.training existed records the flat flows settings.
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["training"]["config"] = {
+        "flows": {"kind": "cnf", "activation": "gelu", "rk4_steps": 20, "radial_c": 1.000001,
+                  **recipe.loop_settings()},
+        "size": size.model_dump(mode="json"),
+    }
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    assert train() == first
+    assert train(recipe.model_copy(update={"learning_rate": 1e-3})) != first  # stale: retrained
+
+
 @pytest.mark.slow
 def test_upsample_with_property_flow_is_deterministic(tmp_path):
     cfg = job(
@@ -101,7 +137,8 @@ def test_upsample_with_property_flow_is_deterministic(tmp_path):
                 "select_radius_kpc": 2.0},
         plan={"kind": "sphere", "centre": [0.0, 0.0, 0.0], "radius_kpc": 2.0},
         flows={**FLOWS, "kind": "maf", "hidden_features": 16, "hidden_layers": 2,
-               "transforms": 3, "ensemble_size": 1, "max_epochs": 10},
+               "maf": {"transforms": 3},
+               "training": {**TRAINING, "ensemble_size": 1, "max_epochs": 10}},
         upsample={"properties": "flow", "property_flow": SIZE, "mode": "fixed",
                   "stars_per_particle": 2, "batch_rows": 4000, "chunk_rows": 8192},
     )  # fmt: skip

@@ -1,8 +1,10 @@
 """sbatch rendering without a Slurm: directives from config, overrides, GPUs, errors, stability."""
 
+import os
 import shlex
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -11,19 +13,13 @@ import yaml
 from galmock.config import load_job
 from galmock.errors import ConfigError, InputError
 from galmock.preempt import EXIT_PREEMPTED
-from galmock.slurm import (
-    STAGES,
-    fill_template,
-    read_jobs,
-    render_script,
-    sbatch_directives,
-    stage_command,
-    stage_resources,
-    submit,
-)
+from galmock.schedulers.base import fill_template
+from galmock.schedulers.slurm import Slurm, sbatch_directives, stage_command, stage_resources
+from galmock.stages import STAGE_NAMES as STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "jobs" / "demo.yaml"
+SLURM = Slurm()
 
 
 def job(tmp_path: Path, *overrides: str):
@@ -112,7 +108,7 @@ def test_launcher_setup_and_command_are_configurable(tmp_path: Path) -> None:
     j = job(tmp_path, 'slurm.mpi_launcher="mpiexec -n $SLURM_NTASKS"',
             'slurm.setup=["module load cuda/12.4", "source /opt/venv/bin/activate"]',
             "slurm.galmock_command=galmock")  # fmt: skip
-    script = render_script(j, "upsample")
+    script = SLURM.render_script(j, "upsample")
     assert f"mpiexec -n $SLURM_NTASKS galmock upsample {tmp_path}/run/job.yaml &" in script
     assert "module load cuda/12.4\nsource /opt/venv/bin/activate\n" in script
     assert f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then' in script
@@ -150,10 +146,10 @@ def test_bad_values_name_the_key(tmp_path: Path, override: str, key: str, messag
 def test_rendering_is_stable_and_dry_run_submits_nothing(tmp_path: Path) -> None:
     j = job(tmp_path, "slurm.tasks_per_node=2")
     printed: list[str] = []
-    assert submit(j, dry_run=True, echo=printed.append) == []
+    assert SLURM.submit(j, dry_run=True, echo=printed.append) == []
     run = tmp_path / "run"
     first = {s: (run / "slurm" / f"{s}.sbatch").read_bytes() for s in STAGES}
-    assert submit(j, dry_run=True, echo=printed.append) == []
+    assert SLURM.submit(j, dry_run=True, echo=printed.append) == []
     again = {s: (run / "slurm" / f"{s}.sbatch").read_bytes() for s in STAGES}
     assert first == again and printed[:6] == printed[6:]
     assert printed[0] == f"sbatch --parsable {run}/slurm/ingest.sbatch"
@@ -166,7 +162,7 @@ def test_rendering_is_stable_and_dry_run_submits_nothing(tmp_path: Path) -> None
     assert recorded["output"] == str(run)
     assert load_job(run / "job.yaml") == j.model_copy(update={"output": str(run)})
     with pytest.raises(ConfigError, match="--from convert comes after --until plan"):
-        submit(j, "convert", "plan", dry_run=True, echo=printed.append)
+        SLURM.submit(j, "convert", "plan", dry_run=True, echo=printed.append)
 
 
 def test_templates_unknown_fields_and_missing_directory(tmp_path: Path) -> None:
@@ -174,11 +170,11 @@ def test_templates_unknown_fields_and_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown template field.*nope"):
         fill_template("{{nope}}", {"a": "1"}, "mine.sbatch")
     with pytest.raises(ConfigError, match=r"slurm.templates = .*no template"):
-        render_script(job(tmp_path, f"slurm.templates={tmp_path}/none"), "train")
+        SLURM.render_script(job(tmp_path, f"slurm.templates={tmp_path}/none"), "train")
     own = tmp_path / "tpl"
     own.mkdir()
     (own / "mpi.sbatch").write_text("#!/bin/bash\n{{directives}}\n{{command}}\n")
-    script = render_script(job(tmp_path, f"slurm.templates={own}"), "train")
+    script = SLURM.render_script(job(tmp_path, f"slurm.templates={own}"), "train")
     assert script.splitlines()[-1].endswith(f"train {tmp_path}/run/job.yaml")
 
 
@@ -191,8 +187,62 @@ def test_submit_and_status_without_slurm_are_clear_errors(tmp_path: Path) -> Non
     assert status.returncode == 1
     assert f"{run}/slurm/jobs.json: no submission record" in status.stderr
     with pytest.raises(InputError, match="no submission record"):
-        read_jobs(job(tmp_path))
+        SLURM.read_jobs(job(tmp_path))
     done = subprocess.run([*cmd, "submit", str(DEMO), "--output", str(run)], env=env,
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1
     assert "sbatch not found on PATH" in done.stderr
+
+
+# Scripts and --dry-run lines of galmock before the scheduler interface (galmock/slurm.py at
+# ce01f11), with the machine's paths as @RUN@, @CWD@, @PYTHON@ and @TEMPLATES@. A deliberate
+# change to a template or directive regenerates them: GALMOCK_UPDATE_GOLDEN=1 pytest -k golden.
+GOLDEN = Path(__file__).parent / "data" / "sbatch"
+GOLDEN_VARIANTS = {
+    "demo": [],
+    "site": ["slurm.partition=gpu", "slurm.account=astro", "slurm.qos=long",
+             'slurm.time="2-00:00:00"', "slurm.nodes=2", "slurm.tasks_per_node=4",
+             "slurm.gpus_per_node=4", "slurm.cpus_per_task=8", "slurm.memory=200G",
+             "slurm.signal_lead_s=300", "slurm.extra_directives=[--constraint=a100]",
+             'slurm.setup=["module load cuda/12.4", "source /opt/venv/bin/activate"]',
+             'slurm.mpi_launcher="mpiexec -n $SLURM_NTASKS"',
+             "slurm.stages.plan.memory=8G", "slurm.stages.upsample.extra_directives=[--exclusive]",
+             "convert.cluster=mpi", "convert.n_workers=3"],
+    "gres": ["slurm.tasks_per_node=2", "slurm.gpus_per_node=3", "slurm.gpu_request=gres",
+             "slurm.requeue=false", "convert.cluster=slurm", "slurm.galmock_command=galmock",
+             "slurm.stages.validate.gpus_per_node=1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", sorted(GOLDEN_VARIANTS))
+def test_scripts_and_dry_run_match_the_golden_files(tmp_path: Path, variant: str) -> None:
+    j = job(tmp_path, *GOLDEN_VARIANTS[variant])
+    printed: list[str] = []
+    SLURM.submit(j, dry_run=True, echo=printed.append)
+    run = tmp_path / "run"
+    got = (
+        "### dry-run\n"
+        + "".join(f"{line}\n" for line in printed)
+        + "".join(f"### {s}\n" + (run / "slurm" / f"{s}.sbatch").read_text() for s in STAGES)
+    )
+    places = {"@TEMPLATES@": str(SLURM.template_path(j, "plan").parent),
+              "@PYTHON@": shlex.quote(sys.executable), "@RUN@": str(run),
+              "@CWD@": str(Path.cwd())}  # fmt: skip
+    path = GOLDEN / f"{variant}.txt"
+    if os.environ.get("GALMOCK_UPDATE_GOLDEN"):
+        text = got
+        for token, value in places.items():
+            text = text.replace(value, token)
+        path.write_text(text)
+    want = path.read_text()
+    for token, value in places.items():
+        want = want.replace(token, value)
+    assert got == want
+
+
+def test_templates_are_package_data(tmp_path: Path) -> None:
+    for kind, stage in (("serial", "plan"), ("mpi", "train"), ("dask", "convert")):
+        template = SLURM.template_path(job(tmp_path), stage)
+        assert template.name == f"{kind}.sbatch"
+        assert template.read_text() == (files("galmock.schedulers") / "templates" /
+                                        f"{kind}.sbatch").read_text()  # fmt: skip

@@ -13,8 +13,9 @@ import yaml
 
 from galmock.cli import main
 from galmock.config import load_job
+from galmock.flows.galaxy_training import fit_galaxy_model
 from galmock.particles import read_particle_store
-from galmock.suite import choose_leave_out, demo_suite, fit_galaxy_model
+from galmock.suite import choose_leave_out, demo_suite
 
 SEED = 5
 SUITE = {
@@ -106,10 +107,14 @@ def test_training_resumes_bit_for_bit(tmp_path):
     galaxies = demo_suite(job.suite.demo, SEED, dict(job.galaxy.demo.components))
     cfg2 = job.suite.model_copy(update={"epochs": 2})
     cfg3 = job.suite.model_copy(update={"epochs": 3})
-    straight, rec = fit_galaxy_model(galaxies, cfg3, SEED)
+    # The suite section is both the model's options and its training recipe.
+    straight, rec = fit_galaxy_model(galaxies, cfg3, cfg3, SEED, device="cpu")
     work = tmp_path / "work"
-    fit_galaxy_model(galaxies, cfg2, SEED, workdir=work)  # stops after epoch 2 (a "kill")
-    resumed, rec2 = fit_galaxy_model(galaxies, cfg3, SEED, workdir=work)
+    # Stops after epoch 2 (a "kill"), then a killed save's leftovers are tidied on resuming.
+    fit_galaxy_model(galaxies, cfg2, cfg2, SEED, workdir=work, device="cpu")
+    (work / ".checkpoint.tmp-123").mkdir()
+    resumed, rec2 = fit_galaxy_model(galaxies, cfg3, cfg3, SEED, workdir=work, device="cpu")
+    assert not (work / ".checkpoint.tmp-123").exists()
     assert rec2["resumed_from_epoch"] == [2] and rec2["steps"] == rec["steps"]
     for (k, a), b in zip(straight.flow.state_dict().items(), resumed.flow.state_dict().values(),
                          strict=True):

@@ -11,8 +11,7 @@ from galmock.config import UpsampleConfig, default_config
 from galmock.errors import ConfigError, InputError
 from galmock.imf import kroupa2001
 from galmock.plan import Region, build_kdtree_plan, build_sphere_plan
-from galmock.store import STAR_COLUMNS
-from galmock.upsample import (
+from galmock.sampling import (
     ParentMatcher,
     Particles,
     build_imf,
@@ -23,6 +22,7 @@ from galmock.upsample import (
     star_counts,
     star_masses,
 )
+from galmock.store import STAR_COLUMNS
 
 
 def upsample_config(**overrides) -> UpsampleConfig:

@@ -24,10 +24,10 @@ SOLAR = REPO / "jobs" / "solar-sphere.yaml"
 # small classifier and 10x oversampling; ~1.5 min for train + validate on 2 cores.
 SMALL = [
     "galaxy.demo.n_particles=150000",
-    "flows.hidden_features=16", "flows.hidden_layers=2", "flows.rk4_steps=4",
-    "flows.batches_per_epoch=4", "flows.learning_rate=3.0e-3",
-    "flows.finetune_learning_rate=3.0e-4", "flows.patience_epochs=10", "flows.max_epochs=40",
-    "flows.ensemble_size=1", "flows.threads=1",
+    "flows.hidden_features=16", "flows.hidden_layers=2", "flows.cnf.rk4_steps=4",
+    "flows.training.batches_per_epoch=4", "flows.training.learning_rate=3.0e-3",
+    "flows.training.finetune_learning_rate=3.0e-4", "flows.training.patience_epochs=10",
+    "flows.training.max_epochs=40", "flows.training.ensemble_size=1", "flows.threads=1",
     "validate.upsamplers=[cnf, enbid]", "validate.oversample=10",
     "validate.classifier_hidden=[64, 64]", "validate.classifier_batch_size=1024",
     "validate.classifier_patience_epochs=5", "validate.classifier_max_epochs=40",
@@ -205,8 +205,8 @@ def test_other_flow_kinds_are_trained_once_and_cached(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(validated[0], run, ignore=shutil.ignore_patterns("report"))
-    sets = [*SMALL, "seed=3", "validate.upsamplers=[cnf, maf]", "flows.transforms=1",
-            "flows.max_epochs=8", "validate.truth=false", "validate.figures=false"]
+    sets = [*SMALL, "seed=3", "validate.upsamplers=[cnf, maf]", "flows.maf.transforms=1",
+            "flows.training.max_epochs=8", "validate.truth=false", "validate.figures=false"]
     first = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "validate: training maf for region 0" in first.stderr

@@ -1,6 +1,7 @@
-"""A trained region model on disk: a directory of safetensors weights and a JSON manifest.
+r"""Trained models on disk: a directory of safetensors weights and a JSON manifest, one
+read/write layer for every kind of galmock model.
 
-Layout (written atomically, so a crash never leaves half an artifact)::
+Layout of a region model (written atomically, so a crash never leaves half an artifact)::
 
     region-0003/
       manifest.json          format, kind, architecture, preprocessing, region, training record,
@@ -8,16 +9,34 @@ Layout (written atomically, so a crash never leaves half an artifact)::
       member-00.safetensors  "position.<name>" and "velocity.<name>" tensors of member 0
       ...
 
+A galaxy model (:mod:`.galaxy_model`) and a property flow (:mod:`.property_flow`) are the same
+directory with ``"artifact": "galaxy_model"`` / ``"property_flow"`` in the manifest and one
+``model.safetensors``; a region model's manifest has no ``artifact`` key. All three are written
+by :func:`write_artifact` and read by :func:`open_artifact` and :func:`load_weights`.
+
 Weights are safetensors only: a model file from elsewhere cannot run code (no pickle, no
-``torch.load``). Loading trusts nothing: the format version, the flow kind, every file's sha256
-and every tensor's name, shape and dtype against the architecture are checked, and anything off
-raises :class:`galmock.errors.InputError` naming the file and the mismatch. Artifacts load from
-local paths or any fsspec URL (``s3://…``, ``https://…``).
+``torch.load``). Loading trusts nothing: the format version, the artifact type, the flow kind,
+every file's sha256 and every tensor's name, shape and dtype against the architecture are
+checked (and, where the architecture fixes them, the values of non-trainable buffers); anything
+off raises :class:`galmock.errors.InputError` naming the file and the mismatch. Artifacts load
+from local paths or any fsspec URL (``s3://…``, ``https://…``).
 
 Example:
-    >>> save_artifact(ensemble, "run/models/region-0003")
-    >>> model = load_artifact("run/models/region-0003", device="cpu")
-    >>> torch.equal(model.log_prob(pos, vel), ensemble.log_prob(pos, vel))
+    >>> import tempfile
+    >>> import numpy as np, torch
+    >>> from galmock.flows.families import NetworkOptions, build_flow
+    >>> rng = np.random.default_rng(0)
+    >>> pos = rng.uniform(-1, 1, (400, 3))
+    >>> pos, vel = pos[np.linalg.norm(pos, axis=1) < 1], rng.normal(0, 1, (400, 3))
+    >>> net = NetworkOptions(hidden_features=4, hidden_layers=1, activation="gelu")
+    >>> member = PhaseSpaceFlow(build_flow("maf", 3, 0, net), build_flow("maf", 3, 3, net),
+    ...                         PositionPreprocessing.fit(pos, (0, 0, 0), 1.0),
+    ...                         VelocityPreprocessing.fit(vel), v_max=5.0)
+    >>> ensemble = FlowEnsemble([member])
+    >>> path = save_artifact(ensemble, f"{tempfile.mkdtemp()}/region-0003")
+    >>> model = load_artifact(path, device="cpu")
+    >>> p, v = pos[:10], np.zeros((10, 3))
+    >>> torch.equal(model.log_prob(p, v), ensemble.log_prob(p, v))
     True
 """
 
@@ -26,28 +45,33 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
 import safetensors
 import safetensors.torch
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from galmock import __version__
 from galmock.atomic import atomic_directory
 from galmock.errors import InputError
-from galmock.flows.base import DensityFlow, flow_from_architecture, flow_kinds
+from galmock.flows.base import DensityFlow
 from galmock.flows.ensemble import FlowEnsemble
+from galmock.flows.families import family_names, flow_from_architecture
 from galmock.flows.phase_space import PhaseSpaceFlow
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
+from galmock.version import __version__
 
 ARTIFACT_FORMAT = "galmock.flows/1"
 MANIFEST = "manifest.json"
+REGION = "region"  # a region model's artifact type (its manifest has no "artifact" key)
 PARTS = ("position", "velocity")
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def data_sha256(pos: np.ndarray, vel: np.ndarray) -> str:
@@ -62,64 +86,71 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _member_tensors(member: PhaseSpaceFlow) -> dict[str, Tensor]:
-    flows = {"position": member.position, "velocity": member.velocity}
+# -- the shared layer ---------------------------------------------------------------------------
+
+
+@dataclass
+class WeightsFile:
+    """One safetensors file of an artifact: its name, tensors and extra manifest keys."""
+
+    file: str
+    tensors: Mapping[str, Tensor]
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+def module_tensors(parts: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+    """The state dicts of ``parts`` as one flat dict, each name prefixed ``"<part>."`` (no
+    prefix for the part named ``""``), detached, on the CPU and contiguous."""
     return {
-        f"{part}.{name}": t.detach().cpu().contiguous()
-        for part, flow in flows.items()
-        for name, t in flow.state_dict().items()
+        f"{part}.{name}" if part else name: t.detach().cpu().contiguous()
+        for part, module in parts.items()
+        for name, t in module.state_dict().items()
     }
 
 
-def _tensor_specs(tensors: Mapping[str, Tensor]) -> dict[str, dict[str, Any]]:
+def tensor_specs(tensors: Mapping[str, Tensor]) -> dict[str, dict[str, Any]]:
+    """Name → ``{"shape", "dtype"}`` for a manifest, sorted by name."""
     return {
         name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         for name, t in sorted(tensors.items())
     }
 
 
-def save_artifact(ensemble: FlowEnsemble, path: str | Path) -> Path:
-    """Write ``ensemble`` as an artifact directory at ``path`` (replaced atomically)."""
-    first: PhaseSpaceFlow = ensemble.members[0]  # type: ignore[assignment]
-    architecture = {"position": first.position.architecture(),
-                    "velocity": first.velocity.architecture()}
-    preprocessing = {"position": first.position_pre.to_dict(),
-                     "velocity": first.velocity_pre.to_dict()}
-    for k, member in enumerate(ensemble.members):
-        same = (
-            {"position": member.position.architecture(),
-             "velocity": member.velocity.architecture()} == architecture
-            and {"position": member.position_pre.to_dict(),
-                 "velocity": member.velocity_pre.to_dict()} == preprocessing
-        )
-        if not same:
-            raise ValueError(f"ensemble member {k}: architecture or preprocessing differs from 0")
-    training = dict(ensemble.metadata.get("training", {}))
-    member_records = list(training.pop("members", [{}] * len(ensemble)))
-    manifest: dict[str, Any] = {
-        "format": ARTIFACT_FORMAT,
-        "kind": first.kind,
-        "galmock_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "architecture": architecture,
-        "preprocessing": preprocessing,
-        "region": {"centre": list(first.centre), "r_max": first.r_max, "v_max": first.v_max},
-        "training": training,
-        "members": [],
-    }
+def manifest_header(kind: str, artifact: str = REGION) -> dict[str, Any]:
+    """The keys every manifest starts with: format, artifact type (not for region models),
+    flow kind, galmock version and creation time."""
+    head: dict[str, Any] = {"format": ARTIFACT_FORMAT}
+    if artifact != REGION:
+        head["artifact"] = artifact
+    head.update(kind=kind, galmock_version=__version__,
+                created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    return head
+
+
+def write_artifact(path: str | Path, manifest: Mapping[str, Any],
+                   weights: Sequence[WeightsFile]) -> Path:
+    r"""Write an artifact directory at ``path``, replacing any there atomically.
+
+    Arguments:
+        path: the artifact directory.
+        manifest: everything but ``members`` (start it with :func:`manifest_header`).
+        weights: the safetensors files; each becomes a ``members`` entry with its file name,
+            sha256 and tensor specs, followed by its ``record``.
+    """
+    members = []
+    blobs = {}
+    for w in weights:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in w.tensors.items()}
+        data = safetensors.torch.save(tensors, metadata={"format": ARTIFACT_FORMAT})
+        blobs[w.file] = data
+        members.append({"file": w.file, "sha256": _sha256(data),
+                        "tensors": tensor_specs(tensors), **w.record})
+    text = json.dumps({**manifest, "members": members}, indent=2, allow_nan=False) + "\n"
     path = Path(path)
     with atomic_directory(path) as tmp:
-        for k, member in enumerate(ensemble.members):
-            name = f"member-{k:02d}.safetensors"
-            tensors = _member_tensors(member)  # type: ignore[arg-type]
-            data = safetensors.torch.save(tensors, metadata={"format": ARTIFACT_FORMAT})
+        for name, data in blobs.items():
             (tmp / name).write_bytes(data)
-            record = member_records[k] if k < len(member_records) else {}
-            manifest["members"].append(
-                {"file": name, "sha256": _sha256(data), "tensors": _tensor_specs(tensors),
-                 **record}
-            )
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        (tmp / MANIFEST).write_text(text)
     return path
 
 
@@ -150,26 +181,192 @@ def read_manifest(location: str | Path) -> dict[str, Any]:
     return manifest
 
 
+_WHAT = {REGION: "a region model", "galaxy_model": "a galaxy model",
+         "property_flow": "a property flow"}
+_HINT = {REGION: " (a galaxy model is named in galaxy.model, not flows.load)",
+         "galaxy_model": "; train one with `galmock suite`"}
+
+
+def open_artifact(location: str | Path, artifact: str = REGION) -> tuple[str, dict[str, Any]]:
+    """``(root, manifest)`` of the artifact at ``location``, checked to be of type
+    ``artifact`` (``region``, ``galaxy_model`` or ``property_flow``)."""
+    root = str(location).rstrip("/")
+    manifest = read_manifest(root)
+    found = manifest.get("artifact", REGION)
+    if found != artifact:
+        raise InputError(f"{_join(root, MANIFEST)}: a {found} artifact, not "
+                         f"{_WHAT.get(artifact, artifact)}{_HINT.get(artifact, '')}")
+    return root, manifest
+
+
+def members_of(manifest: Mapping[str, Any], where: str) -> list[Any]:
+    """The manifest's non-empty ``members`` list."""
+    records = manifest.get("members")
+    if not isinstance(records, list) or not records:
+        raise InputError(f"{where}: the manifest lists no weights files (members)")
+    return records
+
+
+def load_weights(root: str, record: Any, parts: Mapping[str, nn.Module], where: str, *,
+                 fixed_buffers: bool = True) -> None:
+    r"""Check one weights file in full and load it into ``parts`` (in place).
+
+    Arguments:
+        root: the artifact's location.
+        record: the file's ``members`` entry (``file``, ``sha256``, ``tensors``).
+        parts: freshly built modules of the manifest's architecture; tensor ``"<part>.<name>"``
+            goes to ``parts[part]`` (the part named ``""`` takes unprefixed names).
+        where: the manifest's location, for errors.
+        fixed_buffers: the architecture fixes the non-trainable buffers (zuko's autoregressive
+            masks, base loc/scale); a file that changes them describes another model. False for
+            modules whose buffers are drawn at initialisation (the LU permutations of
+            :class:`~galmock.flows.conditional_nsf.ConditionalNSF`).
+
+    The file name must be plain; the tensors the manifest declares (if it lists them, as every
+    galmock since the property flow's first version writes) must match the architecture's names
+    and shapes; the file's sha256 must be the declared one; and its tensors must be the declared
+    ones. Floating-point precision is the trainer's choice: all-float64 files load into
+    float64 modules.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+        raise InputError(f"{where}: a member entry lacks its weights file name")
+    name = record["file"]
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise InputError(f"{where}: weights file name {name!r} must be a plain file name")
+    expected = _floats(tensor_specs(module_tensors(parts)))
+    declared = record.get("tensors")
+    if declared is not None:
+        if not isinstance(declared, dict):
+            raise InputError(f"{where}: member {name} lists no tensors")
+        if _floats(declared) != expected:
+            raise InputError(f"{where}: member {name}: tensors do not match the architecture: "
+                             f"{_diff(expected, _floats(declared))}")
+    path = _join(root, name)
+    try:
+        with fsspec.open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read model weights: {err}") from None
+    digest = _sha256(data)
+    if digest != record.get("sha256"):
+        raise InputError(
+            f"{path}: sha256 {digest} does not match the manifest's {record.get('sha256')}: "
+            "the weights file was changed or is corrupt"
+        )
+    try:
+        tensors = safetensors.torch.load(data)
+    except (safetensors.SafetensorError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: not a valid safetensors file: {err}") from None
+    actual = tensor_specs(tensors)
+    if declared is not None and actual != declared:
+        raise InputError(f"{path}: tensors differ from the manifest: {_diff(declared, actual)}")
+    if declared is None and _floats(actual) != expected:
+        raise InputError(f"{path}: tensors do not match the architecture in the manifest: "
+                         f"{_diff(expected, _floats(actual))}")
+    dtypes = {v["dtype"] for v in actual.values() if _is_float(v)}
+    for part, module in parts.items():
+        prefix = f"{part}." if part else ""
+        state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        if dtypes == {"float64"}:
+            module.double()
+        if fixed_buffers:
+            for buf_name, buf in module.named_buffers():
+                if not torch.equal(state[buf_name].to(buf.dtype), buf):
+                    label = f"{prefix}{buf_name}"
+                    raise InputError(f"{path}: buffer {label} differs from the one the "
+                                     "architecture defines")
+        module.load_state_dict(state, strict=True)
+
+
+def _is_float(spec: Mapping[str, Any]) -> bool:
+    return str(spec.get("dtype", "")).startswith(("float", "bfloat"))
+
+
+def _floats(specs: Mapping[str, Any]) -> dict[str, Any]:
+    """Specs with every floating dtype written ``float`` (precision is the trainer's choice)."""
+    return {k: {**v, "dtype": "float"} if isinstance(v, dict) and _is_float(v) else v
+            for k, v in specs.items()}
+
+
+def _diff(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    changed = [f"{k} {actual[k]} (expected {expected[k]})" for k in sorted(expected)
+               if k in actual and actual[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}")
+    if changed:
+        parts.append(f"changed {'; '.join(changed[:5])}{' …' if len(changed) > 5 else ''}")
+    return "; ".join(parts) or "no difference"
+
+
+def build_module(build: Callable[[Mapping[str, Any]], M], arch: Any, where: str) -> M:
+    """``build(arch)`` for an architecture read from a manifest (untrusted JSON), its failures
+    as InputErrors naming ``where``."""
+    try:
+        return build(arch)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{where}: invalid architecture {arch!r} ({err})") from None
+
+
+# -- region models ------------------------------------------------------------------------------
+
+
+def save_artifact(ensemble: FlowEnsemble, path: str | Path) -> Path:
+    """Write ``ensemble`` as a region-model artifact at ``path`` (replaced atomically)."""
+    first: PhaseSpaceFlow = ensemble.members[0]  # type: ignore[assignment]
+    architecture = {"position": first.position.architecture(),
+                    "velocity": first.velocity.architecture()}
+    preprocessing = {"position": first.position_pre.to_dict(),
+                     "velocity": first.velocity_pre.to_dict()}
+    for k, member in enumerate(ensemble.members):
+        same = (
+            {"position": member.position.architecture(),
+             "velocity": member.velocity.architecture()} == architecture
+            and {"position": member.position_pre.to_dict(),
+                 "velocity": member.velocity_pre.to_dict()} == preprocessing
+        )
+        if not same:
+            raise ValueError(f"ensemble member {k}: architecture or preprocessing differs from 0")
+    training = dict(ensemble.metadata.get("training", {}))
+    member_records = list(training.pop("members", [{}] * len(ensemble)))
+    manifest = {
+        **manifest_header(first.kind),
+        "architecture": architecture,
+        "preprocessing": preprocessing,
+        "region": {"centre": list(first.centre), "r_max": first.r_max, "v_max": first.v_max},
+        "training": training,
+    }
+    weights = [
+        WeightsFile(f"member-{k:02d}.safetensors",
+                    module_tensors({"position": m.position, "velocity": m.velocity}),
+                    member_records[k] if k < len(member_records) else {})
+        for k, m in enumerate(ensemble.members)  # type: ignore[union-attr]
+    ]
+    return write_artifact(path, manifest, weights)
+
+
 def load_artifact(location: str | Path, device: str | torch.device = "cpu") -> FlowEnsemble:
-    """Load and verify an artifact; the ensemble's ``metadata`` is its manifest.
+    """Load and verify a region-model artifact; the ensemble's ``metadata`` is its manifest.
 
     Raises:
-        InputError: unreadable, wrong format or kind, a weights checksum or any tensor name,
-            shape or dtype that does not match the manifest's architecture.
+        InputError: unreadable, wrong format, type or kind, a weights checksum or any tensor
+            name, shape or dtype that does not match the manifest's architecture.
     """
-    root = str(location)
+    root, manifest = open_artifact(location, REGION)
     where = _join(root, MANIFEST)
-    manifest = read_manifest(root)
-    if manifest.get("artifact", "region") != "region":
-        raise InputError(f"{where}: a {manifest['artifact']} artifact, not a region model "
-                         "(a galaxy model is named in galaxy.model, not flows.load)")
-    kinds = flow_kinds()
     try:
         kind = manifest["kind"]
         architecture = manifest["architecture"]
         arch_kinds = {architecture[p].get("kind") for p in PARTS}
-        if kind not in kinds:
-            raise InputError(f"{where}: unknown flow kind {kind!r} (known: {sorted(kinds)})")
+        if kind not in family_names():
+            raise InputError(f"{where}: unknown flow kind {kind!r} (known: "
+                             f"{', '.join(family_names())})")
         if arch_kinds != {kind}:
             raise InputError(
                 f"{where}: kind {kind!r} does not match the architecture's {sorted(arch_kinds)}"
@@ -193,90 +390,12 @@ def load_artifact(location: str | Path, device: str | torch.device = "cpu") -> F
 
     members = []
     for record in records:
-        flows = {p: _build(architecture[p], where) for p in PARTS}
-        _load_member_weights(root, record, flows, where)
+        flows: dict[str, DensityFlow] = {
+            p: build_module(flow_from_architecture, architecture[p], where) for p in PARTS
+        }
+        load_weights(root, record, flows, where)
         members.append(
             PhaseSpaceFlow(flows["position"].eval(), flows["velocity"].eval(), position_pre,
                            velocity_pre, v_max)
         )
     return FlowEnsemble(members, metadata=manifest).to(device)
-
-
-def _build(arch: Any, where: str) -> DensityFlow:
-    try:
-        return flow_from_architecture(arch)
-    except InputError as err:
-        raise InputError(f"{where}: {err}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise InputError(f"{where}: invalid architecture {arch!r} ({err})") from None
-
-
-def _load_member_weights(
-    root: str, record: Any, flows: dict[str, DensityFlow], where: str
-) -> None:
-    if not isinstance(record, dict) or not isinstance(record.get("file"), str):
-        raise InputError(f"{where}: a member entry lacks its weights file name")
-    name = record["file"]
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise InputError(f"{where}: weights file name {name!r} must be a plain file name")
-    fresh = {f"{p}.{k}": v for p, flow in flows.items() for k, v in flow.state_dict().items()}
-    expected = _tensor_specs(fresh)
-    declared = record.get("tensors")
-    if not isinstance(declared, dict):
-        raise InputError(f"{where}: member {name} lists no tensors")
-    # Floating-point precision is the trainer's choice; everything else is the architecture's.
-    declared_f = {k: {**v, "dtype": "float"} if _is_float(v) else v for k, v in declared.items()}
-    expected_f = {k: {**v, "dtype": "float"} if _is_float(v) else v for k, v in expected.items()}
-    if declared_f != expected_f:
-        raise InputError(f"{where}: member {name}: tensors do not match the architecture: "
-                         f"{_diff(expected_f, declared_f)}")
-    path = _join(root, name)
-    try:
-        with fsspec.open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read model weights: {err}") from None
-    digest = _sha256(data)
-    if digest != record.get("sha256"):
-        raise InputError(
-            f"{path}: sha256 {digest} does not match the manifest's {record.get('sha256')}: "
-            "the weights file was changed or is corrupt"
-        )
-    try:
-        tensors = safetensors.torch.load(data)
-    except (safetensors.SafetensorError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path}: not a valid safetensors file: {err}") from None
-    actual = _tensor_specs(tensors)
-    if actual != declared:
-        raise InputError(f"{path}: tensors differ from the manifest: {_diff(declared, actual)}")
-    dtypes = {v["dtype"] for k, v in actual.items() if _is_float(v)}
-    for part, flow in flows.items():
-        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{part}.")}
-        if dtypes == {"float64"}:
-            flow.double()
-        # Non-trainable buffers (zuko's autoregressive masks and orders, base loc/scale) are
-        # fixed by the architecture; a file that changes them describes another model.
-        for buf_name, buf in flow.named_buffers():
-            if not torch.equal(state[buf_name].to(buf.dtype), buf):
-                raise InputError(f"{path}: buffer {part}.{buf_name} differs from the one the "
-                                 "architecture defines")
-        flow.load_state_dict(state, strict=True)
-
-
-def _is_float(spec: Mapping[str, Any]) -> bool:
-    return str(spec.get("dtype", "")).startswith(("float", "bfloat"))
-
-
-def _diff(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    changed = [f"{k} {actual[k]} (expected {expected[k]})" for k in sorted(expected)
-               if k in actual and actual[k] != expected[k]]
-    parts = []
-    if missing:
-        parts.append(f"missing {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
-    if extra:
-        parts.append(f"unexpected {', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}")
-    if changed:
-        parts.append(f"changed {'; '.join(changed[:5])}{' …' if len(changed) > 5 else ''}")
-    return "; ".join(parts) or "no difference"

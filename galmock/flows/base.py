@@ -1,16 +1,21 @@
-"""The interface every flow family implements, and the table of families by ``flows.kind``.
+r"""The interface every flow family implements, and the runtime choices shared by all flows.
 
 A :class:`DensityFlow` is a normalised density on R^d (in the preprocessed space), optionally
 conditioned on a context in R^c: ``log_prob`` (differentiable, for training), ``generate`` (base
 normals → data, for sampling) and an ``architecture`` dict from which an identical, untrained
-module can be rebuilt (the artifact stores it next to the weights). Families register with
-:func:`register_flow`; :func:`build_flow` and :func:`flow_from_architecture` pick one by name.
+module can be rebuilt (the artifact stores it next to the weights). The families themselves and
+their table are :mod:`galmock.flows.families`; this module imports none of them.
 
 Example:
-    >>> flow = build_flow("cnf", features=3, context=3, options=cfg)   # cfg: FlowsConfig
+    >>> import torch
+    >>> from galmock.flows.cnf import CNF
+    >>> flow = CNF(features=3, context=3, hidden_features=8, hidden_layers=2, rk4_steps=4)
+    >>> c = torch.zeros(1000, 3)
     >>> x = flow.sample(1000, context=c, generator=torch.Generator().manual_seed(0))
     >>> flow.log_prob(x, context=c).shape
     torch.Size([1000])
+    >>> resolve_device("cpu"), resolve_chunk_rows("auto", torch.device("cpu"))
+    (device(type='cpu'), 16384)
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from galmock.errors import InputError
 
+# The activations a network may use (``flows.activation``, ``suite.activation``); the config
+# accepts exactly the names of ACTIVATIONS (tests/test_flow_families.py checks they agree).
+Activation = Literal["gelu", "relu", "elu", "silu", "tanh"]
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "relu": nn.ReLU,
@@ -32,8 +40,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-
-FLOW_KINDS: dict[str, type[DensityFlow]] = {}
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -45,7 +51,9 @@ class DensityFlow(nn.Module, ABC):
     """A normalising flow with base N(0, I): p(x | context) on R^features.
 
     Subclasses set ``kind`` and implement ``log_prob``, ``generate``, ``architecture`` and
-    ``from_architecture``. Parameters are float32 unless converted with ``.double()``.
+    ``from_architecture``; a family's options section builds new ones
+    (:class:`~galmock.flows.families.FamilyOptions`). Parameters are float32 unless converted
+    with ``.double()``.
     """
 
     kind: ClassVar[str]
@@ -81,11 +89,6 @@ class DensityFlow(nn.Module, ABC):
     def from_architecture(cls, arch: Mapping[str, Any]) -> DensityFlow:
         """An untrained module with this architecture (weights come from a state dict)."""
 
-    @classmethod
-    @abstractmethod
-    def from_options(cls, features: int, context: int, options: Any) -> DensityFlow:
-        """A new module sized by a ``FlowsConfig`` (or any object with the same attributes)."""
-
     def sample(
         self,
         n: int,
@@ -106,37 +109,6 @@ class DensityFlow(nn.Module, ABC):
                              f"{self.context}), got {got}")
         if not self.context and context is not None:
             raise ValueError(f"{self.kind}: this flow takes no context")
-
-
-def register_flow(cls: type[DensityFlow]) -> type[DensityFlow]:
-    """Class decorator: make ``cls`` available as ``flows.kind: <cls.kind>``."""
-    FLOW_KINDS[cls.kind] = cls
-    return cls
-
-
-def flow_kinds() -> dict[str, type[DensityFlow]]:
-    """The registered families by ``kind`` (importing their modules registers them)."""
-    # Done lazily so that base has no import cycle with the family modules.
-    from galmock.flows import cnf, zuko_flows  # noqa: F401
-
-    return FLOW_KINDS
-
-
-def build_flow(kind: str, features: int, context: int, options: Any) -> DensityFlow:
-    """A new, randomly initialised flow of family ``kind`` (global torch RNG; see train.py)."""
-    kinds = flow_kinds()
-    if kind not in kinds:
-        raise InputError(f"flows.kind = {kind!r}: unknown flow kind (known: {sorted(kinds)})")
-    return kinds[kind].from_options(features, context, options)
-
-
-def flow_from_architecture(arch: Mapping[str, Any]) -> DensityFlow:
-    """Rebuild an (untrained) flow from :meth:`DensityFlow.architecture`'s dict."""
-    kinds = flow_kinds()
-    kind = arch.get("kind")
-    if kind not in kinds:
-        raise InputError(f"unknown flow kind {kind!r} (known: {sorted(kinds)})")
-    return kinds[kind].from_architecture(arch)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

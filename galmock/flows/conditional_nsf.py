@@ -12,11 +12,16 @@ network's output (Wolf & Buck §2, following [23] there). The splines are zuko's
 Direction convention as everywhere in galmock: ``log_prob`` maps data → base normals,
 ``generate`` maps base normals → data.
 
+It is not a ``flows.kind`` family (it models galaxies, not regions): the galaxy model builds it
+from ``suite`` options (:class:`~galmock.flows.galaxy_training.GalaxyFlowOptions`).
+
 Example:
-    >>> flow = ConditionalNSF(features=9, context=4, layers=14, hidden_features=128,
-    ...                       hidden_layers=3, bins=10)
+    >>> flow = ConditionalNSF(features=9, context=4, layers=2, hidden_features=16,
+    ...                       hidden_layers=1, bins=4)
+    >>> x, c = torch.randn(10, 9), torch.randn(10, 4)
     >>> flow.log_prob(x, context=c).shape        # x: (n, 9), c: (n, 4)
-    torch.Size([n])
+    torch.Size([10])
+    >>> c1000 = torch.zeros(1000, 4)
     >>> flow.sample(1000, context=c1000, generator=torch.Generator().manual_seed(0)).shape
     torch.Size([1000, 9])
 """
@@ -30,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from zuko.transforms import MonotonicRQSTransform
 
-from galmock.flows.base import ACTIVATIONS, DensityFlow, register_flow, standard_normal_log_prob
+from galmock.flows.base import ACTIVATIONS, DensityFlow, standard_normal_log_prob
 
 
 def _mlp(inputs: int, outputs: int, hidden: int, layers: int, activation: str) -> nn.Sequential:
@@ -101,7 +106,6 @@ class ConditionedSplineCoupling(nn.Module):
         return MonotonicRQSTransform(widths, heights, derivs, bound=self.bound)
 
 
-@register_flow
 class ConditionalNSF(DensityFlow):
     """Conditional RQS coupling flow with 1×1 convolutions and double coupling (GalacticFlow).
 
@@ -208,10 +212,3 @@ class ConditionalNSF(DensityFlow):
         keys = ("features", "context", "layers", "hidden_features", "hidden_layers", "bins",
                 "bound", "activation")
         return cls(**{k: arch[k] for k in keys})
-
-    @classmethod
-    def from_options(cls, features: int, context: int, options: Any) -> ConditionalNSF:
-        """From a ``SuiteConfig``-like object (``layers``, ``hidden_features``, ...)."""
-        return cls(features, context, options.layers, options.hidden_features,
-                   options.hidden_layers, options.spline_bins, options.spline_bound,
-                   options.activation)

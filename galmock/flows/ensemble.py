@@ -5,7 +5,17 @@ The ensemble density is the mean of the members' densities, evaluated stably as
 then applies the region's rejection, i.e. it samples the truncated mixture exactly.
 
 Example:
-    >>> ensemble = FlowEnsemble([member_0, member_1])
+    >>> from galmock.flows.families import NetworkOptions, build_flow
+    >>> from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
+    >>> rng = np.random.default_rng(0)
+    >>> pos = rng.uniform(-1, 1, (500, 3))
+    >>> pos, vel = pos[np.linalg.norm(pos, axis=1) < 1], rng.normal(0, 1, (500, 3))
+    >>> net = NetworkOptions(hidden_features=8, hidden_layers=1, activation="gelu")
+    >>> def member():
+    ...     return PhaseSpaceFlow(build_flow("maf", 3, 0, net), build_flow("maf", 3, 3, net),
+    ...                           PositionPreprocessing.fit(pos, (0, 0, 0), 1.0),
+    ...                           VelocityPreprocessing.fit(vel), v_max=5.0)
+    >>> ensemble = FlowEnsemble([member(), member()])
     >>> pos, vel, rejected = ensemble.sample(10_000, torch.Generator().manual_seed(0))
     >>> ensemble.log_prob(pos, vel).shape
     torch.Size([10000])

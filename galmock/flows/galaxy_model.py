@@ -15,34 +15,46 @@ so ``galmock models register/list/show`` handle it), with ``"artifact": "galaxy_
 its manifest and one safetensors weights file whose sha256 is checked on load.
 
 Example:
-    >>> model = load_galaxy_model("runs/suite/suite/model")
-    >>> stars = model.sample(100_000, {"stellar_mass_msun": 1e10, "tau50_gyr": 7.0,
-    ...                                "tau10_gyr": 11.0, "mean_feh": -0.3},
-    ...                      generator=torch.Generator().manual_seed(0))   # (n, 9) float64
+    >>> import tempfile
+    >>> rng = np.random.default_rng(0)
+    >>> flow = ConditionalNSF(len(COLUMNS), len(PARAMETERS), layers=1, hidden_features=8,
+    ...                       hidden_layers=1, bins=4)
+    >>> params = np.array([[1e10, 7.0, 11.0, -0.3], [1e11, 9.0, 12.0, 0.1]])
+    >>> model = GalaxyModel(flow, ZScore.fit(rng.normal(size=(100, 9)), "stars"),
+    ...                     ZScore.fit(condition_features(params), "conditions"))
+    >>> path = save_galaxy_model(model, f"{tempfile.mkdtemp()}/model")
+    >>> model = load_galaxy_model(path)
+    >>> stars = model.sample(1000, {"stellar_mass_msun": 1e10, "tau50_gyr": 7.0,
+    ...                             "tau10_gyr": 11.0, "mean_feh": -0.3},
+    ...                      generator=torch.Generator().manual_seed(0))
+    >>> stars.shape, stars.dtype
+    ((1000, 9), dtype('float64'))
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from galmock import __version__
-from galmock.atomic import atomic_directory
 from galmock.errors import InputError
-from galmock.flows.artifact import ARTIFACT_FORMAT, MANIFEST, read_manifest
+from galmock.flows.artifact import (
+    MANIFEST,
+    WeightsFile,
+    build_module,
+    load_weights,
+    manifest_header,
+    members_of,
+    module_tensors,
+    open_artifact,
+    write_artifact,
+)
 from galmock.flows.conditional_nsf import ConditionalNSF
 
 ARTIFACT_TYPE = "galaxy_model"
@@ -213,21 +225,10 @@ def _rows_of(params: Mapping[str, float] | np.ndarray, n: int) -> np.ndarray:
 # -- artifact I/O -------------------------------------------------------------------------------
 
 
-def _specs(tensors: Mapping[str, Tensor]) -> dict[str, dict[str, Any]]:
-    return {k: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-            for k, t in sorted(tensors.items())}
-
-
 def save_galaxy_model(model: GalaxyModel, path: str | Path) -> Path:
     """Write ``model`` as an artifact directory at ``path`` (replaced atomically)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.flow.state_dict().items()}
-    data = safetensors.torch.save(tensors, metadata={"format": ARTIFACT_FORMAT})
     manifest = {
-        "format": ARTIFACT_FORMAT,
-        "artifact": ARTIFACT_TYPE,
-        "kind": model.flow.kind,
-        "galmock_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **manifest_header(model.flow.kind, ARTIFACT_TYPE),
         "architecture": model.flow.architecture(),
         "columns": list(COLUMNS),
         "parameters": list(PARAMETERS),
@@ -235,14 +236,8 @@ def save_galaxy_model(model: GalaxyModel, path: str | Path) -> Path:
                           "conditions_transform": "log10 of stellar_mass_msun, then z-score"},
         "training": model.metadata.get("training", {}),
         "suite": model.metadata.get("suite", {}),
-        "members": [{"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(),
-                     "tensors": _specs(tensors)}],
     }
-    path = Path(path)
-    with atomic_directory(path) as tmp:
-        (tmp / WEIGHTS).write_bytes(data)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    return path
+    return write_artifact(path, manifest, [WeightsFile(WEIGHTS, module_tensors({"": model.flow}))])
 
 
 def load_galaxy_model(location: str | Path, device: str | torch.device = "cpu") -> GalaxyModel:
@@ -251,12 +246,8 @@ def load_galaxy_model(location: str | Path, device: str | torch.device = "cpu") 
     Raises:
         InputError: not a galaxy model, malformed manifest, changed weights or tensor shapes.
     """
-    root = str(location).rstrip("/")
+    root, manifest = open_artifact(location, ARTIFACT_TYPE)
     where = f"{root}/{MANIFEST}"
-    manifest = read_manifest(root)
-    if manifest.get("artifact") != ARTIFACT_TYPE:
-        raise InputError(f"{where}: not a galaxy model (artifact type "
-                         f"{manifest.get('artifact', 'region')!r}); train one with `galmock suite`")
     try:
         if list(manifest["columns"]) != list(COLUMNS) or list(manifest["parameters"]) != list(
             PARAMETERS
@@ -264,36 +255,15 @@ def load_galaxy_model(location: str | Path, device: str | torch.device = "cpu") 
             raise InputError(f"{where}: columns/parameters {manifest['columns']}/"
                              f"{manifest['parameters']} differ from this galmock's "
                              f"{list(COLUMNS)}/{list(PARAMETERS)}")
-        flow = ConditionalNSF.from_architecture(manifest["architecture"])
         data_pre = ZScore.from_dict(manifest["preprocessing"]["data"])
         cond_pre = ZScore.from_dict(manifest["preprocessing"]["conditions"])
-        record = manifest["members"][0]
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise InputError(f"{where}: malformed galaxy-model manifest "
                          f"({type(err).__name__}: {err})") from None
-    if record.get("file") != WEIGHTS:
-        raise InputError(f"{where}: weights file must be {WEIGHTS!r}, got {record.get('file')!r}")
-    path = f"{root}/{WEIGHTS}"
-    try:
-        with fsspec.open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read model weights: {err}") from None
-    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
-        raise InputError(f"{path}: sha256 does not match the manifest's: the weights file was "
-                         "changed or is corrupt")
-    try:
-        tensors = safetensors.torch.load(data)
-    except (safetensors.SafetensorError, ValueError, RuntimeError) as err:
-        raise InputError(f"{path}: not a valid safetensors file: {err}") from None
-    expected = {k: v["shape"] for k, v in _specs(flow.state_dict()).items()}
-    actual = {k: v["shape"] for k, v in _specs(tensors).items()}
-    if expected != actual:
-        raise InputError(f"{path}: tensors do not match the architecture in the manifest")
-    if {v.dtype for v in tensors.values()} == {torch.float64}:
-        flow.double()
-    flow.load_state_dict(tensors, strict=True)
+    flow = build_module(ConditionalNSF.from_architecture, manifest.get("architecture"), where)
+    # The LU permutations and signs are drawn at initialisation: not fixed by the architecture.
+    load_weights(root, members_of(manifest, where)[0], {"": flow}, where, fixed_buffers=False)
     meta = {k: v for k, v in manifest.items() if k not in ("members",)}
     return GalaxyModel(flow.eval(), data_pre, cond_pre, meta).to(device)

@@ -10,10 +10,23 @@ faster than the training sample's maximum speed v_max, drawing more until ``n`` 
 and all velocities; the rejection rate is the mass the truncation removes.
 
 Example:
-    >>> pos, vel, rejected = model.sample(100_000, torch.Generator().manual_seed(1))
-    >>> pos.dtype, float(rejected)
-    (torch.float64, 0.004)
+    >>> from galmock.flows.families import NetworkOptions, build_flow
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.uniform(-3, 3, (2000, 3))
+    >>> train = train[np.linalg.norm(train, axis=1) < 3]
+    >>> train_vel = rng.normal(0, 30, train.shape)
+    >>> net = NetworkOptions(hidden_features=8, hidden_layers=1, activation="gelu")
+    >>> model = PhaseSpaceFlow(build_flow("nsf", 3, 0, net), build_flow("nsf", 3, 3, net),
+    ...                        PositionPreprocessing.fit(train, (0, 0, 0), 3.0),
+    ...                        VelocityPreprocessing.fit(train_vel), v_max=100.0)
+    >>> pos, vel, rejected = model.sample(10_000, torch.Generator().manual_seed(1))
+    >>> pos.dtype, 0 <= rejected < 1
+    (torch.float64, True)
+    >>> bool((torch.linalg.vector_norm(pos, dim=1) <= 3).all())
+    True
     >>> logp = model.log_prob(pos, vel)     # (n,) float64, per kpc^3 (km/s)^3
+    >>> logp.shape, logp.dtype
+    (torch.Size([10000]), torch.float64)
 """
 
 from __future__ import annotations

@@ -14,10 +14,13 @@ inverse and a log |det Jacobian| so densities convert between the two spaces:
 log p_phys(r) = log p_pre(y) + log |det ∂y/∂r|.
 
 Example:
+    >>> rng = np.random.default_rng(0)
+    >>> offset = rng.uniform(-2, 2, (1000, 3))
+    >>> pos = np.array([-8.1, 0.0, 0.02]) + offset[np.linalg.norm(offset, axis=1) < 2]
     >>> pre = PositionPreprocessing.fit(pos, centre=(-8.1, 0.0, 0.02), radius=3.5)
     >>> y = pre.forward(torch.as_tensor(pos))          # (n, 3) float64
-    >>> torch.allclose(pre.inverse(y), torch.as_tensor(pos))
-    True
+    >>> y.dtype, torch.allclose(pre.inverse(y), torch.as_tensor(pos))
+    (torch.float64, True)
 """
 
 from __future__ import annotations
@@ -94,8 +97,13 @@ class PositionPreprocessing:
     """Ball of radius ``r_max`` around ``centre`` → standardised R^3 (float64, invertible).
 
     Example:
+        >>> pos = np.random.default_rng(1).uniform(-5, 5, (100, 3))
         >>> pre = PositionPreprocessing.fit(pos, centre=(0, 0, 0), radius=10.0)
         >>> logdet = pre.log_abs_det(torch.as_tensor(pos))   # log |det ∂y/∂r| per row
+        >>> logdet.shape
+        torch.Size([100])
+        >>> PositionPreprocessing.from_dict(pre.to_dict()) == pre
+        True
     """
 
     centre: tuple[float, float, float]
@@ -188,6 +196,7 @@ class VelocityPreprocessing:
     """Standardisation of velocities: ``y = (v − μ) / σ`` per component (float64).
 
     Example:
+        >>> vel = np.random.default_rng(2).normal(0, 40, (100, 3))
         >>> pre = VelocityPreprocessing.fit(vel)
         >>> torch.allclose(pre.inverse(pre.forward(vel)), torch.as_tensor(vel))
         True

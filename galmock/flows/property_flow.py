@@ -1,51 +1,86 @@
-"""Stellar properties from phase space: a per-region conditional flow p(age, [Fe/H] | x, v).
+r"""Stellar properties from phase space: a per-region conditional flow p(age, [Fe/H] | x, v).
 
 ``upsample.properties: flow`` replaces parent-particle inheritance (every star copying the
 age and [Fe/H] of its nearest training particle, so a region has only as many distinct values
 as particles) by draws from this flow, conditioned on each star's own position and velocity.
 It is a zuko neural-spline flow (:class:`~galmock.flows.zuko_flows.NSFFlow`, sized by
-``upsample.property_flow``) on z-scored properties, with the z-scored 6-D phase-space point
-as context, trained by :func:`galmock.train.fit_density_flow` with the ``flows:`` recipe.
-The properties are the star catalog's (age, [Fe/H]); a source's [O/Fe] joins once the catalog
-has an [O/Fe] column (the class takes any property names). Sampled ages are clipped at 0.
+:class:`PropertyFlowOptions`, ``upsample.property_flow`` in a job file, with the activation of
+``flows.activation``) on z-scored properties, with the z-scored 6-D phase-space point as
+context, trained on the CPU by :func:`galmock.flows.training.fit_density_flow` with the loop
+settings of the region's training recipe (``flows.training``). The properties are the star
+catalog's (age, [Fe/H]); a source's [O/Fe] joins once the catalog has an [O/Fe] column (the
+class takes any property names). Sampled ages are clipped at 0.
 
 Saved next to the region's phase-space model as ``models/region-NNNN-properties/`` (manifest
-with ``"artifact": "property_flow"`` and one safetensors file, sha256-checked on load).
+with ``"artifact": "property_flow"`` and one safetensors file, checked in full on load by
+:mod:`galmock.flows.artifact`). :func:`train_property_flow` trains and saves one unless the
+artifact there is current (:func:`property_recipe`).
 
 Example:
-    >>> model = fit_property_flow(pos, vel, {"age": age, "feh": feh}, job.flows,
-    ...                           job.upsample.property_flow, seed=1)
-    >>> props = model.sample(star_pos, star_vel, torch.Generator().manual_seed(2))
-    >>> props["feh"].shape
-    (n,)
+    >>> import tempfile
+    >>> from galmock.flows.training import TrainingRecipe
+    >>> rng = np.random.default_rng(0)
+    >>> pos, vel = rng.normal(0, 2, (400, 3)), rng.normal(0, 50, (400, 3))
+    >>> age, feh = rng.uniform(0, 13, 400), rng.normal(-0.3, 0.2, 400)
+    >>> size = PropertyFlowOptions(transforms=1, hidden_features=8, hidden_layers=1,
+    ...                            spline_bins=4)
+    >>> recipe = TrainingRecipe(radial_c=1.000001, validation_fraction=0.2, batches_per_epoch=2,
+    ...                         learning_rate=3e-3, finetune_learning_rate=3e-4,
+    ...                         patience_epochs=1, max_epochs=2, ensemble_size=1)
+    >>> target = f"{tempfile.mkdtemp()}/region-0000-properties"
+    >>> path = train_property_flow(target, f"{target}.work", pos, vel,
+    ...                            {"age": age, "feh": feh}, size, recipe, "gelu", seed=1)
+    >>> model = load_property_flow(path)
+    >>> props = model.sample(pos[:10], vel[:10], torch.Generator().manual_seed(2))
+    >>> props["feh"].shape, bool(props["age"].min() >= 0)
+    ((10,), True)
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
+from pydantic import Field
 from torch import nn
 
-from galmock import __version__
-from galmock.atomic import atomic_directory
 from galmock.errors import InputError
-from galmock.flows.artifact import ARTIFACT_FORMAT, MANIFEST, read_manifest
+from galmock.flows.artifact import (
+    MANIFEST,
+    WeightsFile,
+    build_module,
+    load_weights,
+    manifest_header,
+    members_of,
+    module_tensors,
+    open_artifact,
+    read_manifest,
+    write_artifact,
+)
+from galmock.flows.base import Activation
 from galmock.flows.galaxy_model import ZScore
+from galmock.flows.training import Runtime, TrainingRecipe, fit_density_flow
 from galmock.flows.zuko_flows import NSFFlow
+from galmock.sections import PositiveInt, Section
+from galmock.seeds import derive_seed
 
 ARTIFACT_TYPE = "property_flow"
 WEIGHTS = "model.safetensors"
 PROPERTIES = ("age", "feh")
+
+
+class PropertyFlowOptions(Section):
+    """``upsample.property_flow``: the size of the per-region p(age, [Fe/H] | x, v) (zuko NSF)."""
+
+    transforms: PositiveInt
+    hidden_features: PositiveInt
+    hidden_layers: PositiveInt
+    spline_bins: Annotated[int, Field(ge=2)]
 
 
 class PropertyFlow(nn.Module):
@@ -100,15 +135,28 @@ def fit_property_flow(
     pos: np.ndarray,
     vel: np.ndarray,
     props: Mapping[str, np.ndarray],
-    flows_cfg: Any,
-    size: Any,
+    size: PropertyFlowOptions,
+    recipe: TrainingRecipe,
+    activation: Activation,
     seed: int,
     checkpoint_dir: str | Path | None = None,
     label: str = "properties",
+    *,
+    runtime: Runtime | None = None,
 ) -> PropertyFlow:
-    """Train p(props | x, v) on one region's particles (``size``: PropertyFlowConfig)."""
-    from galmock.train import derive_seed, fit_density_flow
+    r"""Train p(props | x, v) on one region's particles.
 
+    Arguments:
+        pos, vel: the particles' positions and velocities (n, 3).
+        props: property columns (n,) by name, e.g. ``{"age": ..., "feh": ...}``.
+        size: the flow's size.
+        recipe: its loop settings are used (:meth:`TrainingRecipe.loop_settings`).
+        activation: the networks' activation.
+        seed: initialises from ``(seed, "properties", "init")``; seeds the loop.
+        checkpoint_dir: checkpoint there and resume from a matching checkpoint.
+        label: names the flow in logs and errors.
+        runtime: ``chunk_rows`` and ``checkpoint_every_epochs`` (training runs on the CPU).
+    """
     names = tuple(props)
     values = np.column_stack([np.asarray(props[k], np.float64) for k in names])
     bad = ~np.isfinite(values).all(axis=0)
@@ -121,30 +169,31 @@ def fit_property_flow(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "properties", "init"))
         flow = NSFFlow(len(names), 6, size.transforms, size.hidden_features, size.hidden_layers,
-                       flows_cfg.activation, size.spline_bins)
+                       activation, size.spline_bins)
     model = PropertyFlow(flow, names, prop_pre, cond_pre)
     y = torch.as_tensor(prop_pre.forward(values), dtype=torch.float32)
-    report = fit_density_flow(flow, y, model._context(pos, vel), flows_cfg, seed,
-                              checkpoint_dir, label)
+    report = fit_density_flow(flow, y, model._context(pos, vel), recipe, seed, checkpoint_dir,
+                              label, runtime=runtime)
     flow.eval()
     model.metadata["training"] = {
         "seed": int(seed), "particles": len(values), "data_sha256": properties_sha256(
             pos, vel, values), "best_validation_loss": report.best_validation_loss,
         "epochs": report.epochs, "wall_time_s": report.wall_time_s,
-        "config": recipe(flows_cfg, size),
+        "config": property_recipe(size, recipe, activation),
     }  # fmt: skip
     return model
 
 
-def recipe(flows_cfg: Any, size: Any) -> dict[str, Any]:
-    """The settings a trained property flow depends on (not device, threads or sampler speed)."""
-    flows = {k: v for k, v in flows_cfg.model_dump(mode="json").items()
-             if k not in ("device", "threads", "chunk_rows", "compile", "load",
-                          "checkpoint_every_epochs", "ensemble_size")}
-    return {"flows": flows, "size": size.model_dump(mode="json")}
+def property_recipe(size: PropertyFlowOptions, recipe: TrainingRecipe,
+                    activation: Activation) -> dict[str, Any]:
+    """What a trained property flow depends on besides its particles and seed (the manifest's
+    ``training.config``): its size, activation and the recipe's loop settings."""
+    return {"activation": activation, "size": size.model_dump(mode="json"),
+            "training": recipe.loop_settings()}
 
 
 def properties_sha256(pos: np.ndarray, vel: np.ndarray, values: np.ndarray) -> str:
+    """sha256 of positions, velocities and property columns as little-endian float64."""
     digest = hashlib.sha256()
     for a in (pos, vel, values):
         digest.update(np.ascontiguousarray(a, "<f8").tobytes())
@@ -153,60 +202,41 @@ def properties_sha256(pos: np.ndarray, vel: np.ndarray, values: np.ndarray) -> s
 
 def save_property_flow(model: PropertyFlow, path: str | Path) -> Path:
     """Write the model as an artifact directory at ``path`` (replaced atomically)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.flow.state_dict().items()}
-    data = safetensors.torch.save(tensors, metadata={"format": ARTIFACT_FORMAT})
     manifest = {
-        "format": ARTIFACT_FORMAT,
-        "artifact": ARTIFACT_TYPE,
-        "kind": model.flow.kind,
-        "galmock_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **manifest_header(model.flow.kind, ARTIFACT_TYPE),
         "architecture": model.flow.architecture(),
         "properties": list(model.names),
         "preprocessing": {"properties": model.prop_pre.to_dict(),
                           "phase_space": model.cond_pre.to_dict()},
         "training": model.metadata.get("training", {}),
-        "members": [{"file": WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}],
     }
-    path = Path(path)
-    with atomic_directory(path) as tmp:
-        (tmp / WEIGHTS).write_bytes(data)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    return path
+    return write_artifact(path, manifest, [WeightsFile(WEIGHTS, module_tensors({"": model.flow}))])
 
 
-def load_property_flow(location: str | Path, device: Any = "cpu") -> PropertyFlow:
-    """Load and verify a property-flow artifact."""
-    root = str(location).rstrip("/")
+def load_property_flow(location: str | Path, device: str | torch.device = "cpu") -> PropertyFlow:
+    """Load and verify a property-flow artifact (path or fsspec URL).
+
+    Raises:
+        InputError: not a property flow, malformed manifest, changed weights or tensors.
+    """
+    root, manifest = open_artifact(location, ARTIFACT_TYPE)
     where = f"{root}/{MANIFEST}"
-    manifest = read_manifest(root)
-    if manifest.get("artifact") != ARTIFACT_TYPE:
-        raise InputError(f"{where}: not a property flow (artifact {manifest.get('artifact')!r})")
     try:
-        flow = NSFFlow.from_architecture(manifest["architecture"])
         model_pre = ZScore.from_dict(manifest["preprocessing"]["properties"])
         cond_pre = ZScore.from_dict(manifest["preprocessing"]["phase_space"])
-        names = list(manifest["properties"])
-        sha = manifest["members"][0]["sha256"]
-    except (KeyError, TypeError, ValueError, IndexError) as err:
+        names = [str(n) for n in manifest["properties"]]
+    except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{where}: malformed property-flow manifest ({err})") from None
-    try:
-        data = Path(root, WEIGHTS).read_bytes()
-    except OSError as err:
-        raise InputError(f"{root}/{WEIGHTS}: cannot read: {err}") from None
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise InputError(f"{root}/{WEIGHTS}: sha256 differs from the manifest's (corrupt?)")
-    try:
-        flow.load_state_dict(safetensors.torch.load(data), strict=True)
-    except (safetensors.SafetensorError, RuntimeError) as err:
-        raise InputError(f"{root}/{WEIGHTS}: does not match the architecture: {err}") from None
+    flow = build_module(NSFFlow.from_architecture, manifest.get("architecture"), where)
+    load_weights(root, members_of(manifest, where)[0], {"": flow}, where)
     return PropertyFlow(flow.eval(), names, model_pre, cond_pre,
                         {"training": manifest.get("training", {})}).to(device)
 
 
 def is_current(location: str | Path, pos: np.ndarray, vel: np.ndarray, values: np.ndarray,
                seed: int, config: Mapping[str, Any]) -> bool:
-    """Whether the artifact at ``location`` was trained on these data, seed and settings."""
+    """Whether the artifact at ``location`` was trained on these data, seed and recipe
+    (``config``: :func:`property_recipe`)."""
     if not (Path(location) / MANIFEST).is_file():
         return False
     try:
@@ -214,25 +244,49 @@ def is_current(location: str | Path, pos: np.ndarray, vel: np.ndarray, values: n
     except InputError:
         return False
     return (training.get("data_sha256") == properties_sha256(pos, vel, values)
-            and training.get("seed") == seed and training.get("config") == config)
+            and training.get("seed") == seed and _same_recipe(training.get("config"), config))
 
 
-def train_region_properties(job: Any, particles: Any, region_id: int, models: Path) -> Path:
-    """The train stage's step for ``upsample.properties: flow``: the region's property flow
-    into ``models/region-NNNN-properties`` unless one for the same inputs is there."""
-    from galmock.train import derive_seed
+def _same_recipe(recorded: Any, config: Mapping[str, Any]) -> bool:
+    if isinstance(recorded, Mapping) and "flows" in recorded:
+        # Written before flows.training existed: {"flows": the flat flows settings, "size"}.
+        flat = recorded["flows"]
+        return (isinstance(flat, Mapping) and recorded.get("size") == config["size"]
+                and flat.get("activation") == config["activation"]
+                and all(flat.get(k) == v for k, v in config["training"].items()))
+    return recorded == config
 
-    target = models / f"region-{region_id:04d}-properties"
-    seed = derive_seed(job.seed, "train-properties", region_id)
-    props = {"age": particles.age, "feh": particles.feh}
-    values = np.column_stack(list(props.values()))
-    config = recipe(job.flows, job.upsample.property_flow)
-    if is_current(target, particles.pos, particles.vel, values, seed, config):
+
+def train_property_flow(
+    target: str | Path,
+    workdir: str | Path,
+    pos: np.ndarray,
+    vel: np.ndarray,
+    props: Mapping[str, np.ndarray],
+    size: PropertyFlowOptions,
+    recipe: TrainingRecipe,
+    activation: Activation,
+    seed: int,
+    label: str = "properties",
+    *,
+    runtime: Runtime | None = None,
+) -> Path:
+    r"""A current property-flow artifact at ``target``: kept if it was trained on these data
+    with this seed and recipe, else trained (checkpointing in ``workdir``, removed after) and
+    saved there.
+
+    Arguments:
+        target: the artifact directory (``models/region-NNNN-properties``).
+        workdir: the checkpoints' directory (``models/region-NNNN-properties.work``).
+        pos, vel, props, size, recipe, activation, seed, label, runtime: as for
+            :func:`fit_property_flow`.
+    """
+    target = Path(target)
+    values = np.column_stack([np.asarray(v, np.float64) for v in props.values()])
+    if is_current(target, pos, vel, values, seed, property_recipe(size, recipe, activation)):
         return target
-    model = fit_property_flow(particles.pos, particles.vel, props, job.flows,
-                              job.upsample.property_flow, seed,
-                              models / f"region-{region_id:04d}-properties.work",
-                              label=f"region {region_id} properties")
+    model = fit_property_flow(pos, vel, props, size, recipe, activation, seed, workdir, label,
+                              runtime=runtime)
     save_property_flow(model, target)
-    shutil.rmtree(models / f"region-{region_id:04d}-properties.work", ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # the artifact supersedes the checkpoints
     return target

@@ -1,14 +1,27 @@
-"""Named pretrained models: a small JSON registry mapping names to artifact locations.
+r"""Named pretrained models: a small JSON registry mapping names to artifact locations.
 
 The registry file is ``$GALMOCK_MODEL_REGISTRY`` if set, else ``~/.config/galmock/models.json``.
 A location is a local artifact directory (stored absolute) or an fsspec URL. Jobs name a model in
-``flows.load`` (a registered name, a path or a URL) to sample from it instead of training.
+``flows.load`` (a registered name, a path or a URL) to sample from it instead of training, and a
+galaxy model in ``galaxy.model``; :func:`load` and :func:`load_galaxy_model` give them verified.
 
 Example:
-    >>> register("auriga6-solar", "runs/solar/models/region-0000")
+    >>> import os, tempfile
+    >>> from galmock.flows.artifact import manifest_header, write_artifact
+    >>> where = tempfile.mkdtemp()
+    >>> saved, os.environ[ENV_VAR] = os.environ.get(ENV_VAR), f"{where}/models.json"
+    >>> artifact = write_artifact(f"{where}/region-0000", manifest_header("cnf"), [])
+    >>> register("auriga6-solar", artifact).location == str(artifact)
+    True
     >>> [e.name for e in list_models()]
     ['auriga6-solar']
-    >>> model = load("auriga6-solar", job.flows)         # verified FlowEnsemble
+    >>> resolve("auriga6-solar") == str(artifact), describe("auriga6-solar")["kind"]
+    (True, 'cnf')
+    >>> unregister("auriga6-solar")
+    >>> list_models()
+    []
+    >>> if saved is None: del os.environ[ENV_VAR]
+    ... else: os.environ[ENV_VAR] = saved
 """
 
 from __future__ import annotations
@@ -26,10 +39,18 @@ from galmock.errors import InputError
 from galmock.flows.artifact import load_artifact, read_manifest
 from galmock.flows.base import resolve_chunk_rows, resolve_compile, resolve_device
 from galmock.flows.ensemble import FlowEnsemble
+from galmock.flows.galaxy_model import GalaxyModel
+from galmock.flows.galaxy_model import load_galaxy_model as _load_galaxy_model
+from galmock.flows.training import Runtime
 
 REGISTRY_FORMAT = "galmock.models/1"
 ENV_VAR = "GALMOCK_MODEL_REGISTRY"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` may name a registered model (letters, digits, '.', '_', '-')."""
+    return bool(_NAME.match(name))
 
 
 @dataclass(frozen=True)
@@ -138,22 +159,21 @@ def describe(name_or_path: str | Path) -> dict[str, Any]:
     return {"location": location, **read_manifest(location)}
 
 
-def load(name_or_path: str | Path, options: Any | None = None) -> FlowEnsemble:
-    """Load a verified model by name, path or URL onto ``options.device`` (a FlowsConfig;
-    default: auto), with the sampler's ``chunk_rows`` and ``compile`` set from it."""
-    device = resolve_device(getattr(options, "device", "auto"))
+def load(name_or_path: str | Path, runtime: Runtime | None = None) -> FlowEnsemble:
+    """Load a verified region model by name, path or URL onto ``runtime.device`` (default:
+    auto), with the sampler's ``chunk_rows`` and ``compile`` set from ``runtime``."""
+    runtime = runtime or Runtime()
+    device = resolve_device(runtime.device)
     model = load_artifact(resolve(name_or_path), device=device)
     model.configure(
-        chunk_rows=resolve_chunk_rows(getattr(options, "chunk_rows", "auto"), device),
-        compile=resolve_compile(getattr(options, "compile", "auto"), device),
+        chunk_rows=resolve_chunk_rows(runtime.chunk_rows, device),
+        compile=resolve_compile(runtime.compile, device),
     )
     return model
 
 
-def load_galaxy_model(name_or_path: str | Path, device: Any = "auto",
-                      key: str = "galaxy.model") -> Any:
+def load_galaxy_model(name_or_path: str | Path, device: str = "auto",
+                      key: str = "galaxy.model") -> GalaxyModel:
     """A verified conditional galaxy model (``galmock suite``'s artifact) by name, path or URL,
     on ``device`` (auto: CUDA when available)."""
-    from galmock.flows.galaxy_model import load_galaxy_model as _load
-
-    return _load(resolve(name_or_path, key=key), device=resolve_device(str(device)))
+    return _load_galaxy_model(resolve(name_or_path, key=key), device=resolve_device(str(device)))

@@ -5,22 +5,31 @@ conditional velocity flow passes the preprocessed position as zuko's ``context``
 paper's Appendix A comparison; NSF's splines act on [-5, 5], which the standardised
 preprocessing puts nearly all data inside (outside, zuko's spline is the identity).
 
+The families ``maf`` (option ``flows.maf.transforms``) and ``nsf`` (``flows.nsf.transforms``,
+``flows.nsf.spline_bins``) of :mod:`galmock.flows.families`.
+
 Example:
-    >>> flow = MAFFlow(features=3, context=3, transforms=5)
+    >>> flow = MAFFlow(features=3, context=3, transforms=2, hidden_features=8, hidden_layers=1)
+    >>> r, v = torch.randn(5, 3), torch.randn(5, 3)
     >>> flow.log_prob(v, context=r).shape
-    torch.Size([n])
+    torch.Size([5])
+    >>> flow.generate(torch.randn(5, 3), context=r).shape
+    torch.Size([5, 3])
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import zuko
+from pydantic import Field
 from torch import Tensor
 
-from galmock.flows.base import ACTIVATIONS, DensityFlow, register_flow
+from galmock.flows.base import ACTIVATIONS, DensityFlow
+from galmock.flows.families import Family, FamilyOptions, NetworkOptions, register_family
+from galmock.sections import PositiveInt
 
 
 class _ZukoFlow(DensityFlow):
@@ -78,12 +87,6 @@ class _ZukoFlow(DensityFlow):
     def _extra_keys(cls) -> tuple[str, ...]:
         return ()
 
-    @classmethod
-    def from_options(cls, features: int, context: int, options: Any) -> _ZukoFlow:
-        return cls(features, context, options.transforms, options.hidden_features,
-                   options.hidden_layers, options.activation,
-                   **{k: getattr(options, f"spline_{k}") for k in cls._extra_keys()})
-
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         self._check_context(x, context)
         return self.flow(context).log_prob(x)
@@ -108,7 +111,6 @@ class _ZukoFlow(DensityFlow):
         return out
 
 
-@register_flow
 class MAFFlow(_ZukoFlow):
     """zuko.flows.MAF: ``transforms`` affine autoregressive layers, MLP hyper-networks."""
 
@@ -118,7 +120,6 @@ class MAFFlow(_ZukoFlow):
         return zuko.flows.MAF(**kwargs)
 
 
-@register_flow
 class NSFFlow(_ZukoFlow):
     """zuko.flows.NSF: monotonic rational-quadratic spline autoregressive layers."""
 
@@ -147,3 +148,29 @@ class NSFFlow(_ZukoFlow):
     @classmethod
     def _extra_keys(cls) -> tuple[str, ...]:
         return ("bins",)
+
+
+class MAFOptions(FamilyOptions):
+    """``flows.maf``: the masked autoregressive flow's own options."""
+
+    transforms: PositiveInt
+
+    def build(self, features: int, context: int, network: NetworkOptions) -> MAFFlow:
+        return MAFFlow(features, context, self.transforms, network.hidden_features,
+                       network.hidden_layers, network.activation)
+
+
+class NSFOptions(FamilyOptions):
+    """``flows.nsf``: the neural spline flow's own options."""
+
+    transforms: PositiveInt
+    spline_bins: Annotated[int, Field(ge=2)]
+
+    def build(self, features: int, context: int, network: NetworkOptions) -> NSFFlow:
+        return NSFFlow(features, context, self.transforms, network.hidden_features,
+                       network.hidden_layers, network.activation, bins=self.spline_bins)
+
+
+MAF_FAMILY = register_family(Family("maf", MAFFlow, MAFOptions, {"transforms": 5}))
+NSF_FAMILY = register_family(Family("nsf", NSFFlow, NSFOptions,
+                                    {"transforms": 5, "spline_bins": 8}))

@@ -1,12 +1,16 @@
-"""Ingest: read a galaxy source into one normalised, centred, aligned particle store.
+"""Galaxy sources: one reader per format, and the centring and alignment every source gets.
 
-Readers (one module per format) return :class:`~galmock.particles.SourceParticles` in galmock
-units; this module centres and orients them, applies the selection, validates and writes
-``<run>/particles.zarr`` atomically.
+Readers (one module per format: :mod:`.gadget`, :mod:`.tables`, :mod:`.pynbody`, :mod:`.model`;
+the demo galaxy is :mod:`galmock.demo`) return :class:`~galmock.particles.SourceParticles` in
+galmock units; :func:`orient` centres and aligns them and applies the selection. The ingest
+stage (:mod:`galmock.stages.ingest`) validates and writes ``<run>/particles.zarr``.
 
 Example:
     >>> from galmock.config import load_job
-    >>> path = ingest(load_job("jobs/demo.yaml"))  # doctest: +SKIP
+    >>> source = read_source(load_job("jobs/demo.yaml",
+    ...                               overrides=["galaxy.demo.n_particles=1000"]).galaxy, seed=1)
+    >>> len(source.columns["x"])
+    1000
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from galmock import __version__
-from galmock.config import GalaxyConfig, JobConfig
+from galmock.config import GalaxyConfig
+from galmock.demo import demo_particles
 from galmock.errors import ConfigError, InputError
+from galmock.ingest.gadget import read_gadget_snapshot
+from galmock.ingest.pynbody import read_pynbody
+from galmock.ingest.tables import read_table
 from galmock.orient import (
     bulk_velocity,
     disk_alignment_matrix,
     rotation_about_z,
     shrinking_sphere_centre,
 )
-from galmock.particles import SourceParticles, check_particles, write_particle_store
+from galmock.particles import SourceParticles
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +41,17 @@ log = logging.getLogger(__name__)
 def read_source(galaxy: GalaxyConfig, seed: int) -> SourceParticles:
     """Read the configured source into galmock units (not yet centred or aligned)."""
     if galaxy.source == "demo":
-        from galmock.demo import demo_particles
-
         return demo_particles(
             galaxy.demo.n_particles, seed=seed, fractions=dict(galaxy.demo.components)
         )
     if galaxy.source == "model":
-        raise ConfigError("galaxy.source = 'model' is sampled by ingest(job) or `galmock "
-                          "generate`, which read the job's generate: section")
+        raise ConfigError("galaxy.source = 'model' is sampled by the ingest stage or `galmock "
+                          "generate`, which read the job's generate: section "
+                          "(galmock.ingest.model)")
     if galaxy.path is None:
         raise ConfigError(f"galaxy.path is required for galaxy.source = {galaxy.source!r}")
     path = Path(galaxy.path).expanduser()
     if galaxy.source == "gadget":
-        from galmock.ingest.gadget import read_gadget_snapshot
-
         return read_gadget_snapshot(
             path,
             particle_type=galaxy.gadget.particle_type,
@@ -55,12 +59,8 @@ def read_source(galaxy: GalaxyConfig, seed: int) -> SourceParticles:
             units=galaxy.units,
         )
     if galaxy.source == "table":
-        from galmock.ingest.tables import read_table
-
         return read_table(path, columns=dict(galaxy.columns), units=galaxy.units)
     if galaxy.source == "pynbody":
-        from galmock.ingest.pynbody import read_pynbody
-
         return read_pynbody(path)
     raise ConfigError(f"galaxy.source = {galaxy.source!r}: unknown source")
 
@@ -130,33 +130,3 @@ def orient(
         "frame": "galactocentric: disk angular momentum along -z, positions relative to centre",
     }
     return out, attrs
-
-
-def ingest(job: JobConfig) -> Path:
-    """Run the ingest stage: source -> ``<run>/particles.zarr``. Returns the store path."""
-    galaxy = job.galaxy
-    if galaxy.source == "model":
-        from galmock.generate import generated_source
-
-        source = generated_source(job)
-    else:
-        source = read_source(galaxy, seed=job.seed)
-    label = source.path
-    columns = check_particles(source.columns, label, source.labels)
-    columns, transform = orient(columns, galaxy, label)
-    columns = check_particles(columns, label, source.labels)
-    attrs = {
-        "galmock_version": __version__,
-        "source": galaxy.source,
-        "source_path": source.path,
-        "source_meta": source.meta,
-        **transform,
-    }
-    if "components" in source.meta:
-        # Named where the `component` column's description points.
-        attrs["components"] = source.meta["components"]
-    target = job.run_dir / "particles.zarr"
-    write_particle_store(target, columns, attrs)
-    total_mass = float(columns["mass"].sum())
-    log.info("wrote %s: %d particles, %.4g Msun", target, len(columns["x"]), total_mass)
-    return target

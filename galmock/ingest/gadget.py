@@ -7,8 +7,23 @@ follow the per-dataset attributes when the file has them (Arepo/Illustris ``a_sc
 ``CGSConversionFactor``) and the Gadget conventions otherwise.
 
 Example:
-    >>> parts = read_gadget_snapshot(Path("snapdir_127/snap_127.0.hdf5"))  # doctest: +SKIP
-    >>> parts.columns["x"][:3], parts.meta["scale_factor"]  # doctest: +SKIP
+    >>> snap = tmp_path / "snapdir_127" / "snap_127.0.hdf5"  # 3 stars at a = 0.5, h = 0.7
+    >>> snap.parent.mkdir()
+    >>> with h5py.File(snap, "w") as f:
+    ...     f.create_group("Header").attrs.update(dict(
+    ...         NumPart_ThisFile=[0, 0, 0, 0, 3, 0], NumPart_Total=[0, 0, 0, 0, 3, 0],
+    ...         MassTable=[0.0] * 6, NumFilesPerSnapshot=1, Time=0.5, Redshift=1.0,
+    ...         HubbleParam=0.7, Omega0=0.3, OmegaLambda=0.7))
+    ...     stars = f.create_group("PartType4")  # Gadget code units: ckpc/h, 1e10 Msun/h
+    ...     stars["Coordinates"] = [[1400.0, 0.0, 0.0], [0.0, 700.0, 0.0], [0.0, 0.0, 70.0]]
+    ...     stars["Velocities"] = np.zeros((3, 3))
+    ...     stars["Masses"] = [1e-4, 1e-4, 2e-4]
+    ...     stars["ParticleIDs"] = np.array([10, 11, 12], dtype=np.uint64)
+    >>> parts = read_gadget_snapshot(Path(snap))
+    >>> parts.columns["x"][:3].round(1), parts.meta["scale_factor"]
+    (array([1000.,    0.,    0.]), 0.5)
+    >>> parts.columns["mass"].round(-3), parts.labels["mass"]
+    (array([1429000., 1429000., 2858000.]), 'PartType4/Masses')
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def read_pynbody(path: Path) -> SourceParticles:
     """Load ``path`` with pynbody and return its star particles in galmock units."""
     path = Path(path)
     try:
+        # Imported here: pynbody is an optional extra (pip install galmock[pynbody]).
         import pynbody
     except ImportError:
         raise InputError(

@@ -5,8 +5,16 @@
 Parquet and HDF5), else kpc, km/s, Msun and Gyr.
 
 Example:
+    >>> import pyarrow as pa, pyarrow.parquet as pq
+    >>> data = {c: [1.0, 2.0] for c in ("X", "Y", "Z", "VX", "VY", "VZ")} | {"M": [1e4, 2e4]}
+    >>> pq.write_table(pa.table(data), tmp_path / "stars.parquet")
+    >>> job = load_job("jobs/demo.yaml", overrides=["galaxy.units.length=pc"])
     >>> cols = {"x": "X", "y": "Y", "z": "Z", "vx": "VX", "vy": "VY", "vz": "VZ", "mass": "M"}
-    >>> parts = read_table(Path("stars.parquet"), cols, job.galaxy.units)  # doctest: +SKIP
+    >>> parts = read_table(Path(tmp_path / "stars.parquet"), cols, job.galaxy.units)
+    >>> parts.columns["x"], parts.meta["units"]["x"], parts.meta["units"]["mass"]
+    (array([0.001, 0.002]), 'pc (galaxy.units.length)', 'solMass (default)')
+    >>> parts.columns["id"], parts.labels["id"]  # no id column mapped
+    (array([0, 1]), 'generated 0..N-1')
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
+import pyarrow.csv
+from astropy.table import Table
 
 from galmock.config import UnitsConfig
 from galmock.errors import InputError
@@ -54,16 +64,12 @@ def load_columns(path: Path) -> tuple[dict[str, tuple[np.ndarray, Any]], str]:
     suffix = _suffix(path)
     try:
         if suffix in CSV_SUFFIXES:
-            import pyarrow.csv
-
             table = pyarrow.csv.read_csv(path)
             cols = {n: (table[n].to_numpy(), None) for n in table.column_names}
             return cols, "csv"
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {n: (data[n], None) for n in data.files}, "npz"
-        from astropy.table import Table
-
         fmt = "parquet" if suffix in PARQUET_SUFFIXES else None
         table = Table.read(path, format=fmt) if fmt else Table.read(path)
     except Exception as err:  # each reader raises its own types for a corrupt or foreign file

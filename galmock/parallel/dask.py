@@ -11,25 +11,30 @@
   from :func:`dask_client`; the others leave with ``SystemExit(0)`` once the client is done.
 
 Example:
-    >>> with dask_client(job) as client:  # doctest: +SKIP
-    ...     futures = client.map(work, items)
-    ...     results = [f.result() for f in track(futures, "work")]
+    >>> job = load_job("jobs/demo.yaml", output=tmp_path / "run")  # local: 2 worker processes
+    >>> with dask_client(job) as client:  # starts a cluster  # doctest: +SKIP
+    ...     futures = client.map(abs, [-3, 1, -2])
+    ...     results = sorted(f.result() for f in track(futures, "work"))
+    >>> results  # doctest: +SKIP
+    [1, 2, 3]
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dask_jobqueue import SLURMCluster
 from distributed import Client, Future, LocalCluster, as_completed, wait
 from tqdm import tqdm
 
 from galmock.config import ConvertConfig, JobConfig
 from galmock.errors import ConfigError
+from galmock.layout import RunLayout
 
 __all__ = [
     "dask_client",
@@ -37,7 +42,6 @@ __all__ = [
     "slurm_cluster",
     "track",
     "wait_all",
-    "zarr_columns_to_dask",
 ]
 
 log = logging.getLogger("galmock.parallel")
@@ -55,7 +59,7 @@ def dask_client(job: JobConfig, log_dir: str | Path | None = None) -> Iterator[C
             yield client
         return
     if cfg.cluster == "slurm":
-        cluster: Any = slurm_cluster(job, log_dir or job.run_dir / "logs" / "dask")
+        cluster: Any = slurm_cluster(job, log_dir or RunLayout(job.run_dir).dask_logs)
         cluster.scale(jobs=cfg.n_workers)
     else:
         cluster = local_cluster(cfg)
@@ -78,15 +82,28 @@ def local_cluster(cfg: ConvertConfig) -> LocalCluster:
     )
 
 
-def slurm_cluster(job: JobConfig, log_dir: str | Path) -> Any:
+def slurm_cluster(job: JobConfig, log_dir: str | Path) -> SLURMCluster:
     """A ``SLURMCluster`` of single-process workers, one Slurm job each (not yet scaled).
 
     Example:
-        >>> cluster = slurm_cluster(job, "runs/demo/logs/dask")  # doctest: +SKIP
-        >>> cluster.scale(jobs=job.convert.n_workers)  # doctest: +SKIP
+        >>> job = load_job("jobs/demo.yaml",
+        ...                overrides=["slurm.partition=cpu", "slurm.qos=normal"])
+        >>> cluster = slurm_cluster(job, RunLayout(tmp_path / "run").dask_logs)
+        >>> for line in cluster.job_script().splitlines():
+        ...     if line.startswith("#SBATCH"):
+        ...         print(line)
+        #SBATCH -J galmock-demo-dask
+        #SBATCH -e .../run/logs/dask/galmock-demo-dask-%J.err
+        #SBATCH -o .../run/logs/dask/galmock-demo-dask-%J.out
+        #SBATCH -p cpu
+        #SBATCH -n 1
+        #SBATCH --cpus-per-task=1
+        #SBATCH --mem=4G
+        #SBATCH -t 01:00:00
+        #SBATCH --qos=normal
+        >>> cluster.scale(jobs=job.convert.n_workers)  # sbatch: needs Slurm  # doctest: +SKIP
+        >>> cluster.close()
     """
-    from dask_jobqueue import SLURMCluster
-
     cfg, slurm = job.convert, job.slurm
     directives = list(slurm.extra_directives)
     if slurm.qos:
@@ -116,6 +133,7 @@ def slurm_cluster(job: JobConfig, log_dir: str | Path) -> Any:
 @contextmanager
 def _mpi_client(cfg: ConvertConfig) -> Iterator[Client]:
     try:
+        # Imported here: importing mpi4py initialises MPI, which only cluster: mpi may do.
         import dask_mpi
         from mpi4py import MPI
     except ImportError as err:  # mpi4py without an MPI library fails here too
@@ -170,10 +188,3 @@ def track(futures: Iterable[Future], desc: str) -> Iterator[Future]:
 def wait_all(futures: Iterable[Future]) -> None:
     """Block until every future has finished, failed or been cancelled."""
     wait(list(futures))
-
-
-def zarr_columns_to_dask(arrays: Mapping[str, Any]) -> dict[str, Any]:
-    """Lazy dask arrays over Zarr arrays, chunked like them (one task per chunk)."""
-    import dask.array as da
-
-    return {name: da.from_zarr(arr) for name, arr in arrays.items()}

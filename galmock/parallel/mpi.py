@@ -7,21 +7,36 @@ raises aborts the whole job (``MPI.Abort``) after printing the failing task: nev
 
 Without mpi4py, or with one rank, :func:`run_tasks` is a plain loop.
 
+This module is also the only place that knows about ranks: :func:`setup_rank` joins the job and
+picks this rank's device (``cuda:{local rank % devices}``) and torch threads;
+:func:`abort_on_error` turns an error outside the queue into ``MPI.Abort`` (the other ranks may
+be waiting in a collective); :func:`on_root` runs file-system changes once.
+
 Example:
-    >>> comm = world()                                             # doctest: +SKIP
-    >>> run_tasks([3, 0, 2, 1], lambda t: train_region(t), comm)   # doctest: +SKIP
+    >>> comm = world()          # not under mpiexec: the one-rank stand-in
+    >>> comm.Get_size()
+    1
+    >>> run_tasks([3, 0, 2, 1], lambda t: None, comm)
+    [3, 0, 2, 1]
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from galmock.flows.base import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +44,8 @@ _TAG_REQUEST = 71
 _TAG_REPLY = 72
 _DONE = -1
 _POLL_SECONDS = 0.005
+
+T = TypeVar("T")
 
 
 class SerialComm:
@@ -62,22 +79,95 @@ def world() -> Any:
     )
     if not launched:
         return SerialComm()
+    # Imported here: importing mpi4py initialises MPI, which a laptop run must not need.
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
 
 
-def local_rank(comm: Any) -> int:
-    """This rank's index among the ranks on the same node (for the rank -> GPU map)."""
+def node_rank(comm: Any) -> tuple[int, int]:
+    """(this rank's index among the ranks on its node, ranks on its node)."""
     if isinstance(comm, SerialComm):
-        return 0
+        return 0, 1
+    # Imported here: only reached under an MPI launcher (see world()).
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        return int(node.Get_rank())
+        return int(node.Get_rank()), int(node.Get_size())
     finally:
         node.Free()
+
+
+def local_rank(comm: Any) -> int:
+    """This rank's index among the ranks on the same node (for the rank -> GPU map)."""
+    return node_rank(comm)[0]
+
+
+@dataclass
+class Rank:
+    """This process's place in the job and the device and threads it uses."""
+
+    comm: Any
+    rank: int
+    size: int
+    local: int
+    device: torch.device
+    threads: int
+
+    def __str__(self) -> str:
+        return f"rank {self.rank}/{self.size}"
+
+
+def setup_rank(device: str = "auto", threads: int | str = "auto") -> Rank:
+    """Join the MPI job (if any), pick this rank's device and set its torch threads.
+
+    ``cuda:{local rank % device count}`` when ``device`` is ``auto`` (or a bare ``cuda``) and
+    CUDA is available; ``threads``: a number, or for ``auto`` the cores this process may use
+    divided by the ranks on its node (``flows.device`` and ``flows.threads`` of the job).
+    """
+    comm = world()
+    local, on_node = node_rank(comm)
+    if threads == "auto":
+        n_threads = max(1, len(os.sched_getaffinity(0)) // on_node)
+    else:
+        n_threads = int(threads)
+    torch.set_num_threads(n_threads)
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and chosen.index is None:
+        chosen = torch.device("cuda", local % torch.cuda.device_count())
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)  # so "auto" inside the flow code means this GPU
+    rank = Rank(comm, comm.Get_rank(), comm.Get_size(), local, chosen, n_threads)
+    log.info("%s (local %d of %d on %s): device %s, %d torch thread(s)", rank, local, on_node,
+             os.uname().nodename, chosen, n_threads)
+    return rank
+
+
+@contextmanager
+def abort_on_error(rank: Rank, stage: str) -> Iterator[None]:
+    """Under MPI, turn an error outside the task queue into ``MPI.Abort``: the other ranks may
+    be waiting in a collective call and would otherwise hang."""
+    try:
+        yield
+    except Exception as err:
+        if rank.size == 1:
+            raise
+        sys.stderr.write(f"galmock {stage}: {rank}: error: {err}\n")
+        sys.stderr.flush()
+        log.error("%s: %s", rank, err)
+        rank.comm.Abort(1)
+
+
+def on_root(rank: Rank, fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 (file-system changes happen once), its result on every rank."""
+    result = fn() if rank.rank == 0 else None
+    return result if rank.size == 1 else rank.comm.bcast(result, root=0)
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run_tasks(
@@ -138,6 +228,7 @@ def _request(comm: Any) -> int:
 
 def _serve(comm: Any, tasks: list[int], size: int) -> None:
     """Rank 0's server thread: answer each request with the next task, then with DONE."""
+    # Imported here: only reached under an MPI launcher (see world()).
     from mpi4py import MPI
 
     queue = list(tasks)

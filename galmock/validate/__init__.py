@@ -1,15 +1,9 @@
-"""Validation: does the mock catalog follow the simulation? (``galmock validate JOB``).
+"""Validation maths: does the mock catalog follow the simulation?
 
-:func:`validate` runs the stage (:mod:`.stage`): the GalaxyFlow multi-model classifier test over
-the upsamplers of :mod:`.upsamplers`, absolute tests on a known truth (:mod:`.truth`), linear
-MMD (:mod:`.mmd`), seam diagnostics (:mod:`.seams`), figures (:mod:`.figures`) and
-``<run>/report/`` (:mod:`.report`).
-
-Example:
-    >>> from galmock.validate import validate
-    >>> report = validate(load_job("jobs/solar-sphere.yaml"))  # doctest: +SKIP
+The ``validate`` stage (:mod:`galmock.stages.validate`) runs the GalaxyFlow multi-model
+classifier test (:mod:`.classifier`) over the upsamplers of :mod:`.upsamplers` (galmock flows,
+the EnBiD kernel baseline of :mod:`.enbid`, external catalogs), absolute tests on a known truth
+(:mod:`.truth`), linear MMD (:mod:`.mmd`), seam diagnostics (:mod:`.seams`), figures
+(:mod:`.figures`) and writes ``<run>/report/`` (:mod:`.report`). :mod:`.galaxy_model` is the
+report of a conditional galaxy model (``galmock suite``).
 """
-
-from galmock.validate.stage import validate
-
-__all__ = ["validate"]

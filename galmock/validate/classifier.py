@@ -19,7 +19,8 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> draws = {"a": rng.normal(0, 1, (2000, 2)), "b": rng.normal(3, 1, (2000, 2))}
     >>> clf = train_classifier(draws, ClassifierSettings(hidden=(16,), patience_epochs=3,
-    ...                                                  max_epochs=20, batch_size=256))
+    ...                                                  max_epochs=20, batch_size=256,
+    ...                                                  threads=1))  # 1 s even on a busy CPU
     >>> pairwise_auc(clf)[("a", "b")] > 0.95
     True
     >>> [s.label for s in lp_scores(clf, rng.normal(0, 1, (500, 2)))]

@@ -6,7 +6,11 @@ window with the parent particles overlaid (paper Fig. 3), ICRS corner plots mode
 particles overlaid (Fig. 6) and the seam diagnostics. No files are read here.
 
 Example:
-    >>> vxvy_maps("report/vxvy.png", {"cnf": vel_cnf}, parents_vel)   # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> parents_vel = rng.normal(0.0, 50.0, (500, 3)) + [0.0, 220.0, 0.0]
+    >>> vel_cnf = rng.normal(0.0, 50.0, (5000, 3)) + [0.0, 220.0, 0.0]
+    >>> vxvy_maps(tmp_path / "vxvy.png", {"cnf": vel_cnf}, parents_vel).name
+    'vxvy.png'
 """
 
 from __future__ import annotations

@@ -13,8 +13,18 @@ Outputs in the report directory: ``mmd.json`` (every pair with its standard erro
 the lower triangle, model in the upper, marginals overlaid on the diagonal).
 
 Example:
-    >>> rows = mmd_rows(model, galaxies, ["demo-03"], rows=5000, seed=0)   # doctest: +SKIP
-    >>> write_report(model, galaxies, ["demo-03"], run / "suite/report", job.suite.report, 0)
+    >>> from galmock.flows.registry import load_galaxy_model
+    >>> from galmock.suite import choose_leave_out, load_suite
+    >>> job = load_job("jobs/galaxy-suite.yaml", output=tmp_path / "run")
+    >>> galaxies = load_suite(job)  # 10 demo galaxies
+    >>> choose_leave_out(galaxies, job.suite.leave_out)
+    ['demo-03', 'demo-07']
+    >>> run = RunLayout(job.run_dir)
+    >>> model = load_galaxy_model(run.suite_model)  # trained by `galmock suite`  # doctest: +SKIP
+    >>> rows, width, generated = mmd_rows(  # doctest: +SKIP
+    ...     model, galaxies, ["demo-03"], rows=5000, seed=0)
+    >>> write_report(  # doctest: +SKIP
+    ...     model, galaxies, ["demo-03"], run.suite_report, job.suite.report, 0)
 """
 
 from __future__ import annotations
@@ -24,9 +34,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
 
 from galmock.atomic import atomic_directory
+from galmock.flows.galaxy_model import COLUMNS
+from galmock.seeds import derive_seed
 from galmock.validate.mmd import linear_mmd, median_bandwidth
 
 LABELS = {
@@ -43,10 +60,6 @@ def _take(stars: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
 
 def generate_like(model: Any, galaxy: Any, rows: int, seed: int) -> np.ndarray:
     """A generated galaxy with ``galaxy``'s parameters and min(rows, its size) stars."""
-    import torch
-
-    from galmock.train import derive_seed
-
     n = min(rows, len(galaxy.stars))
     gen = torch.Generator().manual_seed(derive_seed(seed, "suite-report", galaxy.name))
     return model.sample(n, galaxy.parameters, generator=gen)
@@ -83,11 +96,6 @@ def mmd_rows(
 
 def plot_mmd(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """MMD² vs Δlog M*, model and truth, with 1σ error bars (the paper's Fig. 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for kind, colour in (("truth", "tab:blue"), ("model", "tab:orange")):
         sel = [r for r in rows if r["kind"] == kind]
@@ -107,11 +115,6 @@ def plot_mmd(rows: Sequence[dict[str, Any]], path: Path) -> None:
 def corner_plot(data: np.ndarray, model: np.ndarray, columns: Sequence[str], path: Path,
                 title: str = "") -> None:
     """Data (lower triangle, blue marginals) against model (upper, orange), shared ranges."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     d = len(columns)
     lo = np.percentile(np.concatenate([data, model]), 0.5, axis=0)
     hi = np.percentile(np.concatenate([data, model]), 99.5, axis=0)
@@ -164,8 +167,6 @@ def write_report(model: Any, galaxies: Sequence[Any], left_out: Sequence[str],
                  directory: str | Path, cfg: Any, seed: int) -> Path:
     """MMD table and figures for the left-out galaxies into ``directory`` (replaced
     atomically); returns it."""
-    from galmock.flows.galaxy_model import COLUMNS
-
     rows, width, generated = mmd_rows(model, galaxies, left_out, cfg.mmd_rows, seed)
     by_name = {g.name: g for g in galaxies}
     directory = Path(directory)

@@ -2,8 +2,28 @@
 figures and tables, relative links only) and a ranking table for the terminal.
 
 Example:
-    >>> html = render_html(report)      # doctest: +SKIP
-    >>> print(summary_table(report))    # doctest: +SKIP
+    >>> report = {  # the part of report.json these two read (stages.validate writes it all)
+    ...     "job": {"name": "demo", "validate": {"upsamplers": ["cnf", "enbid"]}},
+    ...     "selection": "the whole galaxy", "test_particles": 5000,
+    ...     "training_particles": 80000, "draws_per_upsampler": 80000,
+    ...     "classifier_test": {
+    ...         "best": "cnf",
+    ...         "scores": [{"label": "cnf", "lp": -0.6712, "stderr": 0.0041},
+    ...                    {"label": "enbid", "lp": -0.7208, "stderr": 0.0052}],
+    ...         "differences": {"enbid": {"mean": 0.0496, "stderr": 0.0031, "significance": 16.0}},
+    ...         "pairwise_auc": {"cnf vs enbid": 0.61}},
+    ...     "mmd": {
+    ...         "cnf": {"mmd2": 2.1e-05, "stderr": 3.3e-05, "significance": 0.64, "pairs": 2500},
+    ...         "enbid": {"mmd2": 0.0012, "stderr": 4.1e-05, "significance": 29.3, "pairs": 2500}},
+    ... }
+    >>> html = render_html(report)
+    >>> html.count("<table>"), "Best upsampler: <b>cnf</b>" in html
+    (3, True)
+    >>> print(summary_table(report))
+    upsampler             LP(C)     ± SE  LP(best)-LP     ± SE      MMD^2     ± SE
+    cnf                 -0.6712   0.0041            –        –    2.1e-05  3.3e-05
+    enbid               -0.7208   0.0052       0.0496   0.0031     0.0012  4.1e-05
+    best: cnf (larger LP = closer to the held-out particles)
 """
 
 from __future__ import annotations

@@ -8,8 +8,17 @@ seamless catalog up to Poisson noise, whose standard error is
 ``sqrt(1/s_L + 1/s_R + 1/p_L + 1/p_R)``.
 
 Example:
-    >>> faces = internal_faces(plan)                                     # doctest: +SKIP
-    >>> rows = seam_counts(faces, star_pos, particle_pos, width=0.25)    # doctest: +SKIP
+    >>> from galmock.plan import build_kdtree_plan
+    >>> rng = np.random.default_rng(0)
+    >>> particle_pos = rng.normal(0.0, 3.0, (4000, 3))
+    >>> plan = build_kdtree_plan(particle_pos, np.ones(4000), np.arange(4000), 1000, 0.5)
+    >>> faces = internal_faces(plan)  # 4 regions: the root split and one in each half
+    >>> [(f.node, "xyz"[f.axis]) for f in faces]
+    [(0, 'x'), (1, 'z'), (2, 'y')]
+    >>> star_pos = rng.normal(0.0, 3.0, (40000, 3))  # seamless: the particles' own density
+    >>> rows = seam_counts(faces, star_pos, particle_pos, width=0.25)
+    >>> [(r["samples_left"], r["particles_left"], round(r["z"], 2)) for r in rows]
+    [(1350, 130, -1.05), (641, 64, 0.08), (669, 65, -1.93)]
 """
 
 from __future__ import annotations

@@ -8,10 +8,16 @@ fraction of a flow's draws landing in S normalises the flow, so held-out log-lik
 two are comparable: their paired difference estimates -KL(p_true,S || p_model,S) on the test set.
 
 Example:
-    >>> truth = DemoTruth.from_attrs(store.attrs)                 # doctest: +SKIP
-    >>> pos, vel = truth.sample(1000, np.random.default_rng(0))   # doctest: +SKIP
-    >>> truth.log_prob(pos, vel).shape                            # doctest: +SKIP
+    >>> from galmock.particles import read_particle_store
+    >>> job = load_job("jobs/demo.yaml", output=tmp_path / "run",
+    ...                overrides=["galaxy.demo.n_particles=2000"])
+    >>> store = read_particle_store(run_ingest(job))
+    >>> truth = DemoTruth.from_attrs(store.attrs)
+    >>> pos, vel = truth.sample(1000, np.random.default_rng(0))
+    >>> truth.log_prob(pos, vel).shape
     (1000,)
+    >>> bool(np.isfinite(truth.log_prob(store.positions(), store.velocities())).all())
+    True
 """
 
 from __future__ import annotations

@@ -10,9 +10,13 @@ Draws are restricted to what the plan models (the sphere, or each region's owned
 over regions in proportion to each region's owned training particles, so they follow the galaxy.
 
 Example:
-    >>> specs = parse_upsamplers(["cnf", "enbid", "runs/other/stars.zarr"], flows_kind="cnf")
+    >>> other = tmp_path / "runs/other/stars.zarr"  # another run's upsampled catalog
+    >>> other.mkdir(parents=True)  # (parsing only checks that it exists)
+    >>> specs = parse_upsamplers(["cnf", "enbid", str(other)], flows_kind="cnf")
     >>> [s.label for s in specs]
     ['cnf', 'enbid', 'stars']
+    >>> [s.kind for s in specs]
+    ['flow', 'enbid', 'catalog']
 """
 
 from __future__ import annotations
@@ -25,18 +29,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import numpy as np
+import pyarrow.parquet as pq
+import torch
 
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, InputError
+from galmock.flows.artifact import load_artifact
+from galmock.flows.ensemble import FlowEnsemble
+from galmock.flows.families import family_names
+from galmock.flows.training import fit_ensemble
+from galmock.layout import RunLayout, region_name
+from galmock.models import artifact_matches, model_location
 from galmock.plan import RegionPlan
-from galmock.upsample import owned_batches
+from galmock.regions import RegionParticles
+from galmock.sampling import owned_batches, owned_volume
+from galmock.seeds import derive_seed
+from galmock.store import open_catalog
+from galmock.validate.enbid import EnbidUpsampler
 
 log = logging.getLogger("galmock.validate")
 
-FLOW_KINDS = ("cnf", "maf", "nsf")
 PHASE_COLUMNS = ("x", "y", "z", "vx", "vy", "vz")
-# Ask for this much more than the acceptance so far predicts, so a round rarely falls short.
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,7 @@ def parse_upsamplers(entries: Sequence[str], flows_kind: str) -> list[UpsamplerS
     specs: list[UpsamplerSpec] = []
     for i, entry in enumerate(entries):
         key = f"validate.upsamplers[{i}] = {entry!r}"
-        if entry in FLOW_KINDS:
+        if entry in family_names():
             specs.append(UpsamplerSpec(entry, "flow", flow_kind=entry))
         elif entry == "enbid":
             specs.append(UpsamplerSpec("enbid", "enbid"))
@@ -75,7 +90,8 @@ def parse_upsamplers(entries: Sequence[str], flows_kind: str) -> list[UpsamplerS
             specs.append(UpsamplerSpec(path.name.split(".")[0] or path.name, "catalog", path=path))
         else:
             raise ConfigError(
-                f"{key}: unknown upsampler; expected one of {', '.join(FLOW_KINDS)}, enbid, or "
+                f"{key}: unknown upsampler; expected a flow family "
+                f"({', '.join(family_names())}), enbid, or "
                 "the path of an upsampled catalog (containing '/' or ending in .zarr/.parquet)"
             )
     labels = [s.label for s in specs]
@@ -144,7 +160,7 @@ def draw_until(
     max_rows: int = 2_000_000,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Draw rounds ``propose(m, round)`` until ``n`` rows pass ``keep``: upsampling's
-    :func:`~galmock.upsample.owned_batches` loop, with ``keep`` as the owned volume.
+    :func:`~galmock.sampling.owned_batches` loop, with ``keep`` as the owned volume.
 
     Returns ``(pos, vel, drawn, passed)``: the first ``n`` passing rows, how many rows were
     drawn and how many of those passed (``passed / drawn`` estimates the acceptance).
@@ -173,7 +189,7 @@ class FlowUpsampler:
     selection, estimated from the draws. :meth:`log_prob` needs :meth:`draw` to have run.
     """
 
-    def __init__(self, label: str, models: Sequence[Any], plan: RegionPlan,
+    def __init__(self, label: str, models: Sequence[FlowEnsemble], plan: RegionPlan,
                  selection: Selection) -> None:
         self.label, self.models, self.plan, self.selection = label, list(models), plan, selection
         self.log_norm = np.full(len(models), np.nan)  # log P_i
@@ -181,11 +197,6 @@ class FlowUpsampler:
 
     def draw(self, counts: Sequence[int], seed: int) -> Draws:
         """``counts[i]`` draws owned by region i (float64), seeded by (seed, region, round)."""
-        import torch
-
-        from galmock.train import derive_seed
-        from galmock.upsample import owned_volume
-
         pos_parts, vel_parts = [], []
         total = max(int(sum(counts)), 1)
         for rid, (model, n) in enumerate(zip(self.models, counts)):
@@ -195,14 +206,15 @@ class FlowUpsampler:
             proposed = [0.0]
             region_owns = owned_volume(self.plan, rid)
 
-            def propose(m: int, round_: int, model: Any = model, rid: int = rid,
+            def propose(m: int, round_: int, model: FlowEnsemble = model, rid: int = rid,
                         proposed: list[float] = proposed) -> tuple[np.ndarray, np.ndarray]:
                 gen = torch.Generator().manual_seed(derive_seed(seed, rid, round_))
                 pos, vel, rate = model.sample(m, gen)
                 proposed[0] += m / max(1.0 - rate, 1e-12)  # untruncated proposals behind m
                 return pos.cpu().numpy(), vel.cpu().numpy()
 
-            def keep(pos: np.ndarray, owns: Any = region_owns) -> np.ndarray:
+            def keep(pos: np.ndarray,
+                     owns: Callable[[np.ndarray], np.ndarray] = region_owns) -> np.ndarray:
                 return owns(pos) & self.selection.contains(pos)
 
             pos, vel, drawn, passed = draw_until(propose, keep, int(n),
@@ -236,17 +248,15 @@ class FlowUpsampler:
         return out
 
 
-def load_flows(job: JobConfig, plan: RegionPlan, kind: str, data: Any) -> list[Any]:
+def load_flows(
+    job: JobConfig, plan: RegionPlan, kind: str, data: RegionParticles
+) -> list[FlowEnsemble]:
     """Each region's ensemble of ``kind``: the run's models for ``flows.kind``, else trained
     (or reused from the cache ``<run>/validate-models/<kind>/``).
 
     Raises:
         InputError: ``flows.kind`` models are missing (run ``galmock train`` first).
     """
-    from galmock.flows.artifact import load_artifact
-    from galmock.production import artifact_matches, model_location
-    from galmock.train import derive_seed, fit_ensemble
-
     models = []
     if kind == job.flows.kind:
         for r in plan.regions:
@@ -259,18 +269,18 @@ def load_flows(job: JobConfig, plan: RegionPlan, kind: str, data: Any) -> list[A
             models.append(load_artifact(location))
         return models
     cfg = job.flows.model_copy(update={"kind": kind})
-    cache = job.run_dir / "validate-models" / kind
+    cache = RunLayout(job.run_dir).validate_models(kind)
     for r in plan.regions:
         pos, vel = data.phase_space(r.id)
         seed = derive_seed(job.seed, "train", r.id)
-        artifact = cache / f"region-{r.id:04d}"
+        artifact = cache / region_name(r.id)
         ok, why = artifact_matches(artifact, pos, vel, cfg, seed)
         if not ok:
             log.info("validate: training %s for region %d on %d particles (%s)", kind, r.id,
                      len(pos), why)
-            workdir = cache / f"region-{r.id:04d}.work"
-            fit_ensemble(pos, vel, cfg, seed, r.centre, r.radius, workdir=workdir,
-                         artifact=artifact)
+            workdir = cache / f"{region_name(r.id)}.work"
+            fit_ensemble(pos, vel, cfg.spec(), cfg.training, seed, r.centre, r.radius,
+                         workdir=workdir, artifact=artifact, runtime=cfg.runtime())
             shutil.rmtree(workdir, ignore_errors=True)
         models.append(load_artifact(artifact))
     return models
@@ -284,9 +294,6 @@ def enbid_draws(
     seed: int,
 ) -> Draws:
     """``n`` draws inside the selection from EnBiD kernels fitted on ``pos``/``vel``."""
-    from galmock.train import derive_seed
-    from galmock.validate.enbid import EnbidUpsampler
-
     model = EnbidUpsampler.fit(pos, vel, bandwidth_factor=bandwidth_factor)
 
     def propose(m: int, round_: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +317,6 @@ def catalog_draws(spec: UpsamplerSpec, n: int, selection: Selection, seed: int) 
         cols = _read_parquet(path)
         total = len(cols["x"])
     else:
-        from galmock.store import open_catalog
-
         cat = open_catalog(path)
         missing = [c for c in PHASE_COLUMNS if c not in cat.columns]
         if missing:
@@ -319,8 +324,6 @@ def catalog_draws(spec: UpsamplerSpec, n: int, selection: Selection, seed: int) 
         total = len(cat)
         step = max(1, total // (20 * max(n, 1)))
         lazy = cat.to_dask(PHASE_COLUMNS)
-        import dask
-
         (computed,) = dask.compute({c: lazy[c][::step] for c in PHASE_COLUMNS})
         cols = computed
     pos = np.column_stack([np.asarray(cols[c], np.float64) for c in PHASE_COLUMNS[:3]])
@@ -336,8 +339,6 @@ def catalog_draws(spec: UpsamplerSpec, n: int, selection: Selection, seed: int) 
 
 
 def _read_parquet(path: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
     try:
         names = pq.read_schema(path).names
     except Exception as err:  # pyarrow raises several types for a non-Parquet file

@@ -30,8 +30,30 @@ into place only when all of it succeeded; a rerun after a crash or kill starts a
 file keeps two conversions of one run apart).
 
 Example:
-    >>> result = convert(load_job("jobs/demo.yaml"))  # doctest: +SKIP
+    >>> result = run(load_job("jobs/demo.yaml"))  # starts a Dask cluster  # doctest: +SKIP
     >>> print(result.summary())  # doctest: +SKIP
+    1,918,749 stars -> .../runs/demo/catalog.zarr
+      HATS: .../runs/demo/catalog.hats
+
+    What one task does to its chunk, without a cluster:
+
+    >>> from galmock.store import STAR_COLUMNS, create_catalog, mark_complete, write_star_catalog
+    >>> cols = {c: np.zeros(4, s.dtype) for c, s in STAR_COLUMNS.items()}
+    >>> cols["x"][:] = [0.0, -6.0, -8.0, -10.0]  # kpc; the Sun is at x = -8.122
+    >>> stars = open_catalog(write_star_catalog(tmp_path / "stars.zarr", cols, chunk_rows=2))
+    >>> columns = catalog_columns(stars)
+    >>> list(columns)[:9] == list(GAIA_COLUMNS), len(columns)
+    (True, 20)
+    >>> target = create_catalog(tmp_path / "catalog.zarr", columns, len(stars), stars.chunk_rows,
+    ...                         format=CATALOG_FORMAT)
+    >>> observer = load_job("jobs/demo.yaml").observer.model_dump()
+    >>> window = load_catalog_spec("galaxyflow-window").selection
+    >>> [convert_chunk(a, b, source=str(stars.path), target=str(target), observer=observer,
+    ...                selections=[window]) for a, b in stars.chunks()]  # stars in the window
+    [[0], [0]]
+    >>> mark_complete(target)
+    >>> open_catalog(target).read(columns=["distance"])["distance"].round(3)
+    array([8.122, 2.122, 0.124, 1.878])
 """
 
 from __future__ import annotations
@@ -51,10 +73,13 @@ from typing import Any
 
 import numpy as np
 
-from galmock import __version__
+from galmock.atomic import replace_path
 from galmock.config import ConvertConfig, JobConfig
 from galmock.errors import ConfigError, InputError
 from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
+from galmock.hats import STAR_ID, write_hats
+from galmock.layout import RunLayout
+from galmock.parallel.dask import dask_client, track, wait_all
 from galmock.selection import CatalogSpec, SelectionSpec, load_catalog_spec, selection_mask
 from galmock.store import (
     CATALOG_FORMAT,
@@ -65,9 +90,12 @@ from galmock.store import (
     mark_complete,
     open_catalog,
     write_rows,
+    zarr_attrs,
 )
+from galmock.version import __version__
 
-__all__ = ["CATALOG_DESCRIPTIONS", "ConvertResult", "catalog_columns", "convert", "convert_chunk"]
+__all__ = ["CATALOG_DESCRIPTIONS", "ConvertResult", "catalog_columns", "convert_chunk", "progress",
+           "run"]
 
 log = logging.getLogger("galmock.convert")
 
@@ -83,10 +111,6 @@ CATALOG_DESCRIPTIONS = {
     "b": "Galactic latitude",
     "distance": "heliocentric distance",
 }
-# What convert owns in the run directory, in the order they are swapped in.
-_PRODUCTS = ("selections", "catalog.hats", "catalog.zarr")
-_STAGING = ".convert.partial"
-_LOCK = ".convert.lock"
 
 
 @dataclass
@@ -107,31 +131,32 @@ class ConvertResult:
         return "\n".join(lines)
 
 
-def convert(job: JobConfig, client: Any = None) -> ConvertResult:
+def run(job: JobConfig, client: Any = None) -> ConvertResult:
     """Run the convert stage of ``job`` (the function behind ``galmock convert JOB``).
 
     Uses ``client`` (a ``distributed.Client``) when given, else starts the cluster the job's
     ``convert`` section asks for. Under ``cluster: mpi`` only MPI rank 1 returns.
 
     Example:
-        >>> convert(job).catalog_zarr  # doctest: +SKIP
+        >>> job = load_job("jobs/demo.yaml")
+        >>> run(job).catalog_zarr  # starts a Dask cluster  # doctest: +SKIP
         PosixPath('/.../runs/demo/catalog.zarr')
     """
     # Check everything cheap before starting a cluster: specs, then the input catalog.
     specs = _load_specs(job.convert.selections)
-    run = job.run_dir
-    stars = open_catalog(run / "stars.zarr", format=STARS_FORMAT)
+    layout = RunLayout(job.run_dir)
+    stars = open_catalog(layout.stars, format=STARS_FORMAT)
     # The cluster first: under dask-mpi only the client rank gets past this line.
-    with _client(job, client) as dask_client, _exclusive(run):
-        staging = run / _STAGING
+    with _client(job, client) as cluster_client, _exclusive(layout):
+        staging = layout.convert_staging
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
         staging.mkdir(parents=True)
         try:
             columns = catalog_columns(stars)
             provenance = _provenance(job, stars, columns)
-            counts = _write_zarr(job, dask_client, stars, specs, columns, provenance, staging)
-            result = _write_hats(job, dask_client, specs, counts, columns, provenance, staging)
-            _swap_in(staging, run)
+            counts = _write_zarr(job, cluster_client, stars, specs, columns, provenance, staging)
+            result = _write_hats(job, cluster_client, specs, counts, columns, provenance, staging)
+            _swap_in(staging, layout)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("convert: %s", result.summary())
@@ -192,9 +217,7 @@ def _write_zarr(
     staging: Path,
 ) -> list[int]:
     """``<staging>/catalog.zarr``, one task per chunk; returns the stars each spec picks."""
-    from galmock.parallel.dask import track, wait_all
-
-    target = staging / "catalog.zarr"
+    target = staging / RunLayout(job.run_dir).catalog_zarr.name
     create_catalog(
         target,
         columns,
@@ -242,11 +265,10 @@ def _write_hats(
     staging: Path,
 ) -> ConvertResult:
     """``<staging>/catalog.hats`` and ``<staging>/selections/*.hats`` from catalog.zarr."""
-    from galmock.hats import STAR_ID, write_hats
-
-    cfg, run, source = job.convert, job.run_dir, staging / "catalog.zarr"
+    cfg, layout = job.convert, RunLayout(job.run_dir)
+    source = staging / layout.catalog_zarr.name
     n_rows = int(provenance["source"]["n_rows"])
-    result = ConvertResult(n_rows=n_rows, catalog_zarr=run / "catalog.zarr", catalog_hats=None)
+    result = ConvertResult(n_rows=n_rows, catalog_zarr=layout.catalog_zarr, catalog_hats=None)
     common: dict[str, Any] = {
         "columns": (STAR_ID, *columns),
         "partition_rows": cfg.hats_partition_rows,
@@ -268,9 +290,9 @@ def _write_hats(
                 schema_metadata=provenance,
                 **common,
             )
-        os.replace(built, staging / "catalog.hats")
-        result.catalog_hats = run / "catalog.hats"
-    (staging / "selections").mkdir()
+        os.replace(built, staging / layout.catalog_hats.name)
+        result.catalog_hats = layout.catalog_hats
+    (staging / layout.selections.name).mkdir()
     for spec, rows in zip(specs, counts):
         if rows == 0:
             log.warning("convert: selection %s picks no star; nothing written for it", spec.name)
@@ -291,8 +313,8 @@ def _write_hats(
                 **common,
             )
         name = f"{spec.name}.hats"
-        os.replace(built, staging / "selections" / name)
-        result.selections[spec.name] = (run / "selections" / name, rows)
+        os.replace(built, staging / layout.selections.name / name)
+        result.selections[spec.name] = (layout.selections / name, rows)
     shutil.rmtree(build, ignore_errors=True)
     return result
 
@@ -329,17 +351,16 @@ def _client(job: JobConfig, client: Any) -> Iterator[Any]:
     if client is not None:
         yield client
         return
-    from galmock.parallel.dask import dask_client
-
     with dask_client(job) as started:
         yield started
 
 
 @contextlib.contextmanager
-def _exclusive(run: Path) -> Iterator[None]:
+def _exclusive(layout: RunLayout) -> Iterator[None]:
     """Hold ``<run>/.convert.lock``; the kernel drops it if the process dies."""
+    run = layout.root
     run.mkdir(parents=True, exist_ok=True)
-    path = run / _LOCK
+    path = layout.convert_lock
     with open(path, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -357,19 +378,15 @@ def _exclusive(run: Path) -> Iterator[None]:
         yield
 
 
-def _swap_in(staging: Path, run: Path) -> None:
-    # Each product is one rename; the old one is moved aside first (a directory cannot be
-    # renamed onto a non-empty one) and deleted with the staging directory.
-    old = staging / "old"
-    old.mkdir()
-    selections = staging / "selections"
+def _swap_in(staging: Path, layout: RunLayout) -> None:
+    """Each product replaces its predecessor with one rename; a product this conversion did not
+    make (an empty ``selections``) removes the old one."""
+    selections = staging / layout.selections.name
     if selections.is_dir() and not any(selections.iterdir()):
         selections.rmdir()
-    for name in _PRODUCTS:
-        if (run / name).exists():
-            os.replace(run / name, old / name)
-        if (staging / name).exists():
-            os.replace(staging / name, run / name)
+    for name in layout.convert_products:
+        built = staging / name
+        replace_path(built if built.exists() else None, layout.root / name)
 
 
 def _provenance(
@@ -431,3 +448,14 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
+
+
+def progress(layout: RunLayout) -> str:
+    """What the run directory says about convert (for ``galmock status``)."""
+    attrs = zarr_attrs(layout.catalog_zarr)
+    if attrs and attrs.get("complete"):
+        extra = f", {layout.catalog_hats.name}" if layout.catalog_hats.is_dir() else ""
+        return f"{attrs.get('n_rows', 0):,} stars in {layout.catalog_zarr.name}{extra}"
+    if layout.convert_staging.exists():
+        return f"converting (staged in {layout.convert_staging.name})"
+    return f"no {layout.catalog_zarr.name} yet"

@@ -1,7 +1,7 @@
 """Upsampling math for one region: star counts, the ownership cut, parents and star columns.
 
 Pure functions of arrays and seeds; no MPI and no files (the stage driver is
-:mod:`galmock.production`). A region with owned particle mass M gets N ~ Poisson(λ) stars,
+:mod:`galmock.stages.upsample`). A region with owned particle mass M gets N ~ Poisson(λ) stars,
 λ = sampling_fraction · M / <m> for an IMF (masses drawn from it) or λ = k · n_owned for k
 stars per particle (each star parent mass / k). Stars come from the region's flow ensemble in
 seeded batches; only those inside the region's owned volume are kept, until there are N, so the
@@ -12,10 +12,33 @@ Every random draw is seeded from (job seed, region id, batch index) alone, so a 
 do not depend on which rank draws them or when.
 
 Example:
-    >>> counts = star_counts(plan.regions, job.upsample, seed=42)     # doctest: +SKIP
-    >>> matcher = ParentMatcher(train_pos, train_vel)                 # doctest: +SKIP
+    >>> from galmock.plan import build_kdtree_plan
+    >>> from galmock.seeds import region_seed
+    >>> from galmock.store import STAR_COLUMNS
+    >>> job, rng, n = load_job("jobs/demo.yaml"), np.random.default_rng(0), 4000
+    >>> particles = Particles(pos=rng.normal(0.0, 5.0, (n, 3)), vel=rng.normal(0.0, 100.0, (n, 3)),
+    ...                       id=np.arange(n), mass=np.full(n, 1e4),
+    ...                       age=rng.uniform(0.0, 13.0, n), feh=rng.normal(-0.3, 0.2, n))
+    >>> plan = build_kdtree_plan(particles.pos, particles.mass, particles.id, 1000, 0.5)
+    >>> counts = star_counts(plan.regions, job.upsample, seed=42)  # IMF, 2e-5 of 1e7 Msun each
+    >>> counts.tolist()
+    [367, 363, 364, 351]
+    >>> region = plan.regions[3]
+    >>> matcher = ParentMatcher(particles.pos, particles.vel)
+    >>> def propose(m, batch):  # stands in for the region's flow ensemble
+    ...     g = np.random.default_rng(region_seed(42, "upsample", 3, batch))
+    ...     return g.normal(0.0, 5.0, (m, 3)), g.normal(0.0, 100.0, (m, 3))
+    >>> rows = 0
     >>> for b, pos, vel in owned_batches(propose, region.contains, counts[3], 10**6, 0.6):
-    ...     cols = star_columns(pos, vel, matcher.query(pos, vel), particles, masses, 3)
+    ...     parent = matcher.query(pos, vel)
+    ...     masses = star_masses(job.upsample, len(pos), particles.mass[parent],
+    ...                          np.random.default_rng(region_seed(42, "upsample-mass", 3, b)))
+    ...     cols = star_columns(pos, vel, parent, particles, masses, 3)
+    ...     rows += len(pos)
+    >>> rows, b  # every star of region 3, in two batches
+    (351, 1)
+    >>> {c: v.dtype for c, v in cols.items()} == {c: s.dtype for c, s in STAR_COLUMNS.items()}
+    True
 """
 
 from __future__ import annotations
@@ -23,15 +46,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
 
 from galmock.config import UpsampleConfig
 from galmock.errors import ConfigError, InputError
 from galmock.imf import IMFS, BrokenPowerLawIMF
 from galmock.plan import Region, RegionPlan
+from galmock.seeds import region_seed
 
 # Give up on a region when fewer than this fraction of flow draws land in its owned volume
 # (after MIN_DRAWS draws): the flow does not describe that volume and looping would not end.
@@ -39,13 +63,6 @@ MIN_OWNED_ACCEPTANCE = 1e-4
 MIN_DRAWS = 100_000
 # Ask for this much more than the acceptance so far predicts, so the last batch rarely falls short.
 HEADROOM = 1.05
-
-
-def region_seed(seed: int, *keys: object) -> int:
-    """The 63-bit seed of one draw: ``region_seed(job.seed, "upsample", region, batch)``."""
-    from galmock.train import derive_seed  # torch is only needed once a region samples
-
-    return derive_seed(seed, *keys)
 
 
 def build_imf(cfg: UpsampleConfig) -> BrokenPowerLawIMF:
@@ -60,8 +77,14 @@ def expected_stars(regions: Sequence[Region], cfg: UpsampleConfig) -> np.ndarray
     """λ per region (float64): the mean of its Poisson star count.
 
     Example:
-        >>> expected_stars(plan.regions, job.upsample)  # doctest: +SKIP
-        array([1.2e6, 0.9e6])
+        >>> from galmock.plan import build_sphere_plan
+        >>> job = load_job("jobs/demo.yaml")  # imf mode, sampling_fraction 2e-5
+        >>> pos = np.random.default_rng(0).normal(size=(100, 3))
+        >>> plan = build_sphere_plan(pos, np.full(100, 1e5), np.arange(100), (0, 0, 0), 10.0)
+        >>> plan.regions[0].owned_mass
+        10000000.0
+        >>> expected_stars(plan.regions, job.upsample).round(1)  # 2e-5 * 1e7 Msun / 0.574 Msun
+        array([348.5])
     """
     if cfg.mode == "imf":
         mean_mass = build_imf(cfg).mean_mass()
@@ -154,12 +177,20 @@ class ParentMatcher:
     flow's sampling rate).
 
     Example:
-        >>> matcher = ParentMatcher(train_pos, train_vel)   # doctest: +SKIP
-        >>> parent = matcher.query(star_pos, star_vel)       # row indices into train_*
+        >>> train_pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        >>> train_vel = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 100.0]])
+        >>> matcher = ParentMatcher(train_pos, train_vel)
+        >>> star_pos, star_vel = np.array([[0.9, 0.1, 0.0]]), np.array([[0.0, 0.0, 10.0]])
+        >>> matcher.query(star_pos, star_vel)       # row indices into train_*
+        array([1])
     """
 
     def __init__(
-        self, pos: np.ndarray, vel: np.ndarray, device: Any = None, brute: bool | None = None
+        self,
+        pos: np.ndarray,
+        vel: np.ndarray,
+        device: torch.device | str | None = None,
+        brute: bool | None = None,
     ) -> None:
         x = np.hstack([np.asarray(pos, np.float64), np.asarray(vel, np.float64)])
         if len(x) == 0:
@@ -174,8 +205,6 @@ class ParentMatcher:
             # Unbalanced, non-compact: twice as fast to query on clustered (galaxy) data.
             self.tree = cKDTree(z, balanced_tree=False, compact_nodes=False)
         else:
-            import torch
-
             self.points = torch.as_tensor(z, dtype=torch.float64, device=self.device)
 
     def query(self, pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
@@ -191,8 +220,6 @@ class ParentMatcher:
         return np.asarray(idx, dtype=np.int64)
 
     def _query_torch(self, z: np.ndarray) -> np.ndarray:
-        import torch
-
         out = np.empty(len(z), dtype=np.int64)
         rows = max(1, (1 << 27) // len(self.points))  # <= 1 GiB of float64 distances at a time
         for start in range(0, len(z), rows):

@@ -1,5 +1,5 @@
-"""A galaxy sampled from a conditional galaxy model: ``galmock generate JOB`` and
-``galaxy.source: model`` in ingest.
+"""Reader for ``galaxy.source: model``: a galaxy sampled from a conditional galaxy model
+(``galmock generate JOB``, or ingest with that source).
 
 The model is ``galaxy.model`` (a registered name, an artifact path or URL; null: this run's
 ``<run>/suite/model``); the galaxy is ``generate.n_particles`` equal-mass particles (mass
@@ -11,20 +11,27 @@ to [0, 13.8] Gyr. The particles go through ingest's checks and are written as
 any other source.
 
 Example:
-    >>> generate_command(load_job("jobs/galaxy-suite.yaml"))   # doctest: +SKIP
-    PosixPath('.../runs/galaxy-suite/particles.zarr')
+    >>> job = load_job("jobs/galaxy-suite.yaml", output=tmp_path / "run")
+    >>> model_location(job) == str(tmp_path / "run" / "suite" / "model")  # galaxy.model: null
+    True
+    >>> source = generated_source(job)  # needs the model `galmock suite` trains  # doctest: +SKIP
+    >>> len(source.columns["x"]), source.path.startswith("model:")  # doctest: +SKIP
+    (40000, True)
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 
 import numpy as np
+import torch
 
 from galmock.config import JobConfig
+from galmock.flows.galaxy_model import COLUMNS, global_parameters, parameter_vector
+from galmock.flows.registry import load_galaxy_model
+from galmock.layout import RunLayout
 from galmock.particles import SourceParticles
+from galmock.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +40,13 @@ AGE_MAX_GYR = 13.8
 
 def model_location(job: JobConfig) -> str:
     """``galaxy.model``, else this run's ``<run>/suite/model``."""
-    return job.galaxy.model if job.galaxy.model is not None else str(job.run_dir / "suite/model")
+    if job.galaxy.model is not None:
+        return job.galaxy.model
+    return str(RunLayout(job.run_dir).suite_model)
 
 
 def generated_source(job: JobConfig) -> SourceParticles:
     """Sample the galaxy of ``generate.parameters`` from the job's galaxy model."""
-    import torch
-
-    from galmock.flows.galaxy_model import COLUMNS, global_parameters, parameter_vector
-    from galmock.flows.registry import load_galaxy_model
-    from galmock.train import derive_seed
-
     cfg = job.generate
     # Parameters first: a missing one is a config error, whatever the model.
     params = parameter_vector(cfg.parameters.model_dump(), "generate.parameters")
@@ -73,13 +76,3 @@ def generated_source(job: JobConfig) -> SourceParticles:
         "ages_clipped": clipped,
     }
     return SourceParticles(columns=columns, path=f"model:{location}", labels={}, meta=meta)
-
-
-def generate_command(job: JobConfig, args: argparse.Namespace | None = None) -> Path:
-    """``galmock generate JOB``: ingest with ``galaxy.source: model``; returns the store."""
-    from galmock.ingest import ingest
-
-    galaxy = job.galaxy.model_copy(update={"source": "model"})
-    target = ingest(job.model_copy(update={"galaxy": galaxy}))
-    print(f"{job.generate.n_particles:,} particles from {model_location(job)} -> {target}")
-    return target

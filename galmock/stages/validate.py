@@ -9,9 +9,25 @@ held-out log-likelihoods are compared with the true density's; linear MMD to the
 figures; all staged in a temporary directory that replaces ``<run>/report/`` only on success.
 
 Example:
-    >>> result = validate(load_job("jobs/solar-sphere.yaml"))   # doctest: +SKIP
-    >>> print(result["classifier_test"]["best"])                # doctest: +SKIP
-    cnf
+    >>> result = run(load_job("jobs/solar-sphere.yaml"))  # needs trained models  # doctest: +SKIP
+    upsampler             LP(C)     ± SE  LP(best)-LP     ± SE      MMD^2     ± SE
+    ...
+    report: .../runs/solar-sphere/report/index.html
+    >>> sorted(result["classifier_test"])  # doctest: +SKIP
+    ['best', 'classifier', 'differences', 'pairwise_auc', 'scores']
+
+    Everything that can be refused is refused before any work:
+
+    >>> from galmock.stages.plan import run as run_plan
+    >>> job = load_job("jobs/demo.yaml", output=tmp_path / "run",
+    ...                overrides=["galaxy.demo.n_particles=4000", "plan.target_particles=1000"])
+    >>> _ = run_ingest(job), run_plan(job)
+    >>> check_inputs(job)
+    Traceback (most recent call last):
+    ...
+    galmock.errors.InputError: .../run/models/region-0000: trained model not found; ...
+    >>> progress(RunLayout(job.run_dir))
+    'no report yet'
 """
 
 from __future__ import annotations
@@ -19,17 +35,46 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
-from galmock import __version__
 from galmock.atomic import atomic_directory
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, InputError
+from galmock.frames import galactocentric_frame, galactocentric_to_icrs
+from galmock.layout import RunLayout
+from galmock.models import model_location
+from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
+from galmock.regions import RegionParticles
+from galmock.seeds import derive_seed
+from galmock.selection import load_catalog_spec, selection_mask
+from galmock.store import open_catalog
+from galmock.validate import figures
+from galmock.validate.classifier import (
+    ClassifierSettings,
+    TrainedClassifier,
+    lp_difference,
+    lp_scores,
+    pairwise_auc,
+    roc_auc,
+    train_classifier,
+)
+from galmock.validate.mmd import linear_mmd, median_bandwidth
 from galmock.validate.report import DEFINITIONS, REPORT_FORMAT, summary_table, write_report_files
+from galmock.validate.seams import internal_faces, seam_counts
+from galmock.validate.truth import (
+    DemoTruth,
+    heldout_loglikelihood,
+    mean_and_stderr,
+    truth_draws,
+    truth_for,
+)
 from galmock.validate.upsamplers import (
     Draws,
     FlowUpsampler,
@@ -40,6 +85,7 @@ from galmock.validate.upsamplers import (
     load_flows,
     parse_upsamplers,
 )
+from galmock.version import __version__
 
 log = logging.getLogger("galmock.validate")
 
@@ -48,25 +94,21 @@ FIGURE_DRAWS = 100_000
 
 
 def _seed(job: JobConfig, *keys: object) -> int:
-    from galmock.train import derive_seed
-
     return derive_seed(job.seed, "validate", *keys)
 
 
 def check_inputs(job: JobConfig) -> tuple[RegionPlan, list[UpsamplerSpec]]:
     """Everything that can be refused before any work: holdout, upsamplers, models, catalogs."""
-    run = job.run_dir
-    plan = read_plan(run / "plan.json")
+    layout = RunLayout(job.run_dir)
+    plan = read_plan(layout.plan)
     if plan.holdout_fraction <= 0:
         raise ConfigError(
-            f"{run / 'plan.json'}: plan.holdout_fraction = {plan.holdout_fraction}: validate "
+            f"{layout.plan}: plan.holdout_fraction = {plan.holdout_fraction}: validate "
             "needs held-out test particles; set plan.holdout_fraction (e.g. 0.5, the paper's "
             "1:1 split) and rerun plan and train"
         )
     specs = parse_upsamplers(job.validation.upsamplers, job.flows.kind)
     if job.flows.load is None and any(s.flow_kind == job.flows.kind for s in specs):
-        from galmock.production import model_location
-
         for r in plan.regions:
             location = Path(model_location(job, plan, r.id))
             if not (location / "manifest.json").is_file():
@@ -78,17 +120,16 @@ def check_inputs(job: JobConfig) -> tuple[RegionPlan, list[UpsamplerSpec]]:
     return plan, specs
 
 
-def validate(job: JobConfig) -> dict[str, Any]:
+def run(job: JobConfig) -> dict[str, Any]:
     """Run the stage; returns the report (also in ``<run>/report/report.json``)."""
-    from galmock.production import RegionParticles, setup_rank
-
     started = time.perf_counter()
     cfg = job.validation
     plan, specs = check_inputs(job)
-    from galmock.validate.truth import mean_and_stderr, truth_for
 
-    rank = setup_rank(job.flows)  # torch threads and device, as train/upsample use them
-    data = RegionParticles(job.run_dir, plan)
+    # torch threads and device, as train/upsample use them
+    rank = setup_rank(job.flows.device, job.flows.threads)
+    layout = RunLayout(job.run_dir)
+    data = RegionParticles(layout.particles, plan)
     attrs = data.store.attrs
     truth, truth_reason = truth_for(job, attrs)
     selection = Selection(plan, attrs.get("select_radius_kpc"))
@@ -100,7 +141,7 @@ def validate(job: JobConfig) -> dict[str, Any]:
         rng = np.random.default_rng(_seed(job, "test"))
         test_idx = np.sort(rng.choice(test_idx, cfg.max_test_particles, replace=False))
     if len(test_idx) < 10 or len(train_idx) < 10:
-        raise InputError(f"{job.run_dir / 'plan.json'}: only {len(test_idx)} test and "
+        raise InputError(f"{layout.plan}: only {len(test_idx)} test and "
                          f"{len(train_idx)} training particles in the selection")
     test_pos, test_vel = data.pos[test_idx], data.vel[test_idx]
     train_pos, train_vel = data.pos[train_idx], data.vel[train_idx]
@@ -182,7 +223,7 @@ def validate(job: JobConfig) -> dict[str, Any]:
                 "mean": m, "stderr": se, "test_particles_without_support": int((~ok).sum())}
     report["mmd"] = _mmd(z, z_test, truth_samples, job)
 
-    with atomic_directory(job.run_dir / "report") as staging:
+    with atomic_directory(layout.report) as staging:
         report["seams"], stars = _seams(job, plan, draws, data, staging)
         report["figures"] = []
         if cfg.figures:
@@ -191,13 +232,11 @@ def validate(job: JobConfig) -> dict[str, Any]:
         report["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_report_files(staging, report)
     print(summary_table(report))
-    print(f"report: {job.run_dir / 'report' / 'index.html'}")
+    print(f"report: {layout.report / 'index.html'}")
     return report
 
 
-def _classifier_settings(job: JobConfig, *keys: object) -> Any:
-    from galmock.validate.classifier import ClassifierSettings
-
+def _classifier_settings(job: JobConfig, *keys: object) -> ClassifierSettings:
     cfg = job.validation
     return ClassifierSettings(
         hidden=tuple(cfg.classifier_hidden),
@@ -213,10 +252,8 @@ def _classifier_settings(job: JobConfig, *keys: object) -> Any:
 
 
 def _classifier_test(
-    z: dict[str, np.ndarray], z_test: np.ndarray, settings: Any
-) -> tuple[dict[str, Any], Any]:
-    from galmock.validate.classifier import lp_difference, lp_scores, pairwise_auc, train_classifier
-
+    z: dict[str, np.ndarray], z_test: np.ndarray, settings: ClassifierSettings
+) -> tuple[dict[str, Any], TrainedClassifier | None]:
     if len(z) < 2:
         return {"skipped": "the classifier test needs at least two upsamplers"}, None
     t0 = time.perf_counter()
@@ -236,25 +273,17 @@ def _classifier_test(
         "classifier": {"labels": list(clf.labels), "best_epoch": clf.best_epoch,
                        "epochs": len(clf.history["validation_loss"]),
                        "seconds": round(time.perf_counter() - t0, 1),
-                       "settings": _settings_dict(settings)},
+                       "settings": asdict(settings)},
     }
     return result, clf
 
 
-def _settings_dict(settings: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(settings) if is_dataclass(settings) else dict(vars(settings))
-
-
 def _truth_tests(
-    job: JobConfig, truth: Any, selection: Selection, draws: dict[str, Draws],
-    flows: dict[str, FlowUpsampler], z: dict[str, np.ndarray], standard: Any,
-    test_pos: np.ndarray, test_vel: np.ndarray, settings: Any, n_common: int, n_train: int,
+    job: JobConfig, truth: DemoTruth, selection: Selection, draws: dict[str, Draws],
+    flows: dict[str, FlowUpsampler], z: dict[str, np.ndarray],
+    standard: Callable[[np.ndarray, np.ndarray], np.ndarray], test_pos: np.ndarray,
+    test_vel: np.ndarray, settings: ClassifierSettings, n_common: int, n_train: int,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    from galmock.validate.classifier import roc_auc, train_classifier
-    from galmock.validate.truth import heldout_loglikelihood, truth_draws
-
     cfg = job.validation
     n_truth = round((cfg.truth_oversample or cfg.oversample) * n_train)
     t0 = time.perf_counter()
@@ -290,8 +319,6 @@ def _mmd(
     z: dict[str, np.ndarray], z_test: np.ndarray, extra: dict[str, np.ndarray] | None,
     job: JobConfig,
 ) -> dict[str, Any]:
-    from galmock.validate.mmd import linear_mmd, median_bandwidth
-
     width = median_bandwidth(z_test, next(iter(z.values())), seed=_seed(job, "mmd") % 2**32)
     out = {}
     for label, zs in {**z, **(extra or {})}.items():
@@ -301,11 +328,11 @@ def _mmd(
 
 
 def _seams(
-    job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: Any, staging: Path
+    job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: RegionParticles,
+    staging: Path,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """Seam counts on the production stars (Dask, strided subsample) when ``stars.zarr``
     exists, else on the run's flow draws; also returns the stars read, for the figures."""
-    from galmock.validate.seams import internal_faces, seam_counts
 
     stars = _read_stars(job)
     faces = internal_faces(plan)
@@ -327,12 +354,10 @@ def _seams(
 
 def _read_stars(job: JobConfig) -> dict[str, np.ndarray] | None:
     """An even stride of ``figure_stars`` rows of ``<run>/stars.zarr`` through Dask, or None."""
-    path = job.run_dir / "stars.zarr"
+    path = RunLayout(job.run_dir).stars
     if not path.exists():
         return None
-    import dask
 
-    from galmock.store import open_catalog
 
     cat = open_catalog(path)
     step = max(1, math.ceil(len(cat) / job.validation.figure_stars))
@@ -343,14 +368,11 @@ def _read_stars(job: JobConfig) -> dict[str, np.ndarray] | None:
 
 def _figures(
     job: JobConfig, staging: Path, draws: dict[str, Draws], train_pos: np.ndarray,
-    train_vel: np.ndarray, stars: dict[str, np.ndarray] | None, clf: Any, z_test: np.ndarray,
+    train_vel: np.ndarray, stars: dict[str, np.ndarray] | None,
+    clf: TrainedClassifier | None, z_test: np.ndarray,
     report: dict[str, Any],
 ) -> list[dict[str, str]]:
     """Every PNG into ``staging``; returns ``[{"file", "title"}]`` in display order."""
-    from galmock.frames import galactocentric_frame, galactocentric_to_icrs
-    from galmock.selection import load_catalog_spec, selection_mask
-    from galmock.validate import figures
-
     t0 = time.perf_counter()
     frame = galactocentric_frame(**job.observer.model_dump())
 
@@ -406,3 +428,8 @@ def _figures(
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in label)
+
+
+def progress(layout: RunLayout) -> str:
+    """What the run directory says about validate (for ``galmock status``)."""
+    return "report written" if (layout.report / "report.json").is_file() else "no report yet"
