@@ -108,7 +108,11 @@ def _models(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    first, last = getattr(args, "first", None), getattr(args, "last", None)
+    if first is not None and STAGE_NAMES.index(first) > STAGE_NAMES.index(last):
+        parser.error(f"--from {first} comes after --until {last}")  # exit 2: bad command line
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -105,3 +105,11 @@ def test_models_register_list_show(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert '"kind": "maf"' in shown.stdout and str(artifact) in shown.stdout
     missing = galmock("models", "show", "nope")
     assert missing.returncode == 1 and "neither a registered model" in missing.stderr
+
+
+def test_stage_order_is_a_command_line_error(tmp_path: Path) -> None:
+    result = galmock("run", str(DEMO), "--from", "convert", "--until", "plan",
+                     "--output", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--from convert comes after --until plan" in result.stderr
+    assert not (tmp_path / "run").exists()
