@@ -334,6 +334,7 @@ class ValidateConfig(Section):
     figures: bool
     figure_stars: PositiveInt
     seam_width_kpc: PositiveFloat
+    seam_stars: PositiveInt
 
 
 # Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (or UNLIMITED / INFINITE).

@@ -121,6 +121,24 @@ class RegionPlan:
         inside = _within(pos, np.asarray(self.sphere_centre), self.sphere_radius)
         return np.where(inside, 0, -1).astype(np.int32)
 
+    def position_map(self, region_id: int) -> tuple[tuple[float, float, float], float | None]:
+        """The ``(centre, radius)`` a region's position preprocessing uses: for a sphere plan its
+        ball (the paper's map), for k-d regions the galaxy centre and ``None``, the log-radial
+        map of the whole galaxy (:mod:`galmock.flows.preprocess`), so no distant particle sets a
+        region's scale.
+
+        Example:
+            >>> rng = np.random.default_rng(0)
+            >>> pos = rng.normal(0, 5, (400, 3))
+            >>> plan = build_kdtree_plan(pos, np.ones(400), np.arange(400), 100, 0.5)
+            >>> plan.position_map(0)
+            ((0.0, 0.0, 0.0), None)
+        """
+        if self.kind == "kdtree":
+            return (0.0, 0.0, 0.0), None
+        region = self.regions[region_id]
+        return tuple(region.centre), float(region.radius)  # type: ignore[return-value]
+
     def training_mask(
         self, region_id: int, pos: np.ndarray, owner: np.ndarray | None = None
     ) -> np.ndarray:

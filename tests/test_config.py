@@ -142,7 +142,7 @@ def test_family_sections_are_checked_and_filled_from_defaults(tmp_path: Path) ->
     cfg = load_job(write(tmp_path, "flows:\n  kind: nsf\n  nsf:\n    spline_bins: 12\n"))
     assert cfg.flows.options() == family("nsf").parse_options({"spline_bins": 12})
     assert cfg.flows.options().transforms == default_config()["flows"]["nsf"]["transforms"]
-    assert cfg.flows.cnf.rk4_steps == 20  # every family's section is there
+    assert cfg.flows.cnf.rk4_steps == default_config()["flows"]["cnf"]["rk4_steps"]  # all there
     msg = error_of(write(tmp_path, "flows:\n  kind: glow\n  nsf:\n    bins: 4\n  maf: 3\n"))
     assert "flows.kind = 'glow' (line 2): unknown flow kind 'glow' (known: cnf, maf, nsf" in msg
     assert "flows.nsf.bins = 4 (line 4): unknown key" in msg
@@ -183,7 +183,8 @@ def test_artifacts_recorded_with_flat_flows_settings_are_still_current() -> None
     cfg = FlowsConfig.from_defaults(kind="cnf")
     flat = {k: v for k, v in cfg.model_dump(mode="json").items()
             if k not in ("training", *family_names())}
-    flat.update(cfg.training.model_dump(mode="json"), rk4_steps=20, transforms=5, spline_bins=8)
+    flat.update(cfg.training.model_dump(mode="json"), rk4_steps=cfg.options().rk4_steps,
+                transforms=5, spline_bins=8)
     assert cfg.stale_keys(flat) == []
     assert cfg.stale_keys({**flat, "rk4_steps": 4}) == ["cnf.rk4_steps"]
     assert cfg.stale_keys({**flat, "max_epochs": 4}) == ["training.max_epochs"]

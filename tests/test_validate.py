@@ -24,9 +24,10 @@ SOLAR = REPO / "jobs" / "solar-sphere.yaml"
 # small classifier and 10x oversampling; ~1.5 min for train + validate on 2 cores.
 SMALL = [
     "galaxy.demo.n_particles=150000",
-    "flows.hidden_features=16", "flows.hidden_layers=2", "flows.cnf.rk4_steps=4",
-    "flows.training.batches_per_epoch=4", "flows.training.learning_rate=3.0e-3",
-    "flows.training.finetune_learning_rate=3.0e-4", "flows.training.patience_epochs=10",
+    # Flow matching (the default recipe): 40 epochs of 50 steps of 1024 rows per flow.
+    "flows.hidden_features=32", "flows.hidden_layers=3",
+    "flows.training.batches_per_epoch=50", "flows.training.batch_rows=1024",
+    "flows.training.learning_rate=3.0e-3", "flows.training.patience_epochs=10",
     "flows.training.max_epochs=40", "flows.training.ensemble_size=1", "flows.threads=1",
     "validate.upsamplers=[cnf, enbid]", "validate.oversample=10",
     "validate.classifier_hidden=[64, 64]", "validate.classifier_batch_size=1024",

@@ -17,7 +17,7 @@ import pytest
 from galmock.errors import ConfigError
 from galmock.particles import read_particle_store
 from galmock.plan import build_kdtree_plan
-from galmock.validate.seams import internal_faces, seam_counts
+from galmock.validate.seams import internal_faces, seam_counts, seam_steps
 from galmock.validate.truth import DemoTruth, heldout_loglikelihood, truth_draws
 from galmock.validate.upsamplers import parse_upsamplers
 
@@ -114,6 +114,28 @@ def test_seams_faces_and_statistic() -> None:
     # Expected statistic log(1/0.7) = 0.357 with SE ~0.03: far beyond 5 SE.
     assert jumpy["z"] > 5
     assert jumpy["log_ratio_difference"] == pytest.approx(math.log(1 / 0.7), abs=0.12)
+
+
+def test_seam_step_from_stars_alone_ignores_gradients_and_finds_jumps() -> None:
+    """The step needs no particles: on a smooth density with a steep gradient across the face it
+    is 0 within its standard error, and a real factor across the face comes out as its log."""
+    plan, _ = _plan_and_points(40_000, 0)
+    face = internal_faces(plan)[0]
+    rng = np.random.default_rng(3)
+    # Exponential along the face's axis (scale 0.5: a 2x density change per 0.35 kpc).
+    pts = rng.uniform(-1, 1, size=(3_000_000, 3))
+    keep = rng.uniform(size=len(pts)) < np.exp((pts[:, face.axis] - 1) / 0.5)
+    smooth = pts[keep]
+    row = seam_steps([face], smooth, width=0.1)[0]
+    assert row["step_stderr"] < 0.02
+    # Curvature bias of a pure exponential is 0; a >4 SE miss has probability ~6e-5.
+    assert abs(row["step"]) < 4 * row["step_stderr"]
+    # Thin the right side by 0.8: a step of log(0.8) = -0.223.
+    x = smooth[:, face.axis]
+    drop = (x >= face.value) & (rng.uniform(size=len(x)) < 0.2)
+    jumpy = seam_steps([face], smooth[~drop], width=0.1)[0]
+    assert jumpy["step"] == pytest.approx(math.log(0.8), abs=4 * jumpy["step_stderr"])
+    assert abs(jumpy["step"]) / jumpy["step_stderr"] > 5
 
 
 # -- truth ---------------------------------------------------------------------------------------

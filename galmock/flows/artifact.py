@@ -45,6 +45,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,7 +340,10 @@ def save_artifact(ensemble: FlowEnsemble, path: str | Path) -> Path:
         **manifest_header(first.kind),
         "architecture": architecture,
         "preprocessing": preprocessing,
-        "region": {"centre": list(first.centre), "r_max": first.r_max, "v_max": first.v_max},
+        # r_max: null for the log-radial map, which has no ball (JSON has no infinity).
+        "region": {"centre": list(first.centre),
+                   "r_max": first.r_max if math.isfinite(first.r_max) else None,
+                   "v_max": first.v_max},
         "training": training,
     }
     weights = [
@@ -375,9 +379,10 @@ def load_artifact(location: str | Path, device: str | torch.device = "cpu") -> F
         velocity_pre = VelocityPreprocessing.from_dict(manifest["preprocessing"]["velocity"])
         region = manifest["region"]
         v_max = float(region["v_max"])
-        if [float(c) for c in region["centre"]] != list(position_pre.centre) or float(
-            region["r_max"]
-        ) != position_pre.r_max:
+        r_max = math.inf if region["r_max"] is None else float(region["r_max"])
+        if [float(c) for c in region["centre"]] != list(position_pre.centre) or (
+            r_max != position_pre.r_max
+        ):
             raise InputError(f"{where}: region centre/r_max differ from the preprocessing's")
         records = manifest["members"]
         if not isinstance(records, list) or not records:

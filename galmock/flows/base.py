@@ -89,6 +89,15 @@ class DensityFlow(nn.Module, ABC):
     def from_architecture(cls, arch: Mapping[str, Any]) -> DensityFlow:
         """An untrained module with this architecture (weights come from a state dict)."""
 
+    #: Whether the family trains by conditional flow matching (:meth:`flow_matching_loss`).
+    flow_matching: ClassVar[bool] = False
+
+    def flow_matching_loss(
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        """Mean conditional flow-matching loss of rows ``x`` (families with a vector field)."""
+        raise TypeError(f"{self.kind}: this family does not train by flow matching")
+
     def sample(
         self,
         n: int,

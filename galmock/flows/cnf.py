@@ -66,8 +66,9 @@ class VectorField(nn.Module):
         layers.append(nn.Linear(width, features))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, t: float, y: Tensor, context: Tensor | None = None) -> Tensor:
-        time = y.new_full((y.shape[0], 1), t)
+    def forward(self, t: float | Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """F at one time ``t`` for every row, or at per-row times ``t`` of shape (n, 1)."""
+        time = t if isinstance(t, Tensor) else y.new_full((y.shape[0], 1), t)
         inputs = [y, time] if context is None else [y, time, context]
         return self.net(torch.cat(inputs, dim=1))
 
@@ -220,6 +221,26 @@ class CNF(DensityFlow):
             out = standard_normal_log_prob(y) + delta
         return out if create_graph else out.detach()
 
+    flow_matching = True
+
+    def flow_matching_loss(
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        r"""Conditional flow matching on the straight path (Lipman et al. 2023; σ_min = 0).
+
+        With base draws z ~ N(0, I) and t ~ U(0, 1) from ``generator`` (on the CPU, so a run is
+        the same on any device), x_t = (1 − t) z + t x moves at the constant velocity x − z; the
+        loss is the mean of |F(x_t, t, c) − (x − z)|². Its minimiser is the marginal vector field
+        whose flow carries N(0, I) to the data, so :meth:`log_prob` and :meth:`generate` need no
+        change: one MLP evaluation per row instead of an RK4 solve with the trace.
+        """
+        self._check_context(x, context)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        t = torch.rand((x.shape[0], 1), generator=generator, dtype=x.dtype).to(x.device)
+        xt = (1 - t) * z + t * x
+        v = self.field(t, xt, context)
+        return ((v - (x - z)) ** 2).sum(dim=1).mean()
+
     # -- transforms ----------------------------------------------------------------------------
 
     def odeint(
@@ -292,4 +313,4 @@ class CNFOptions(FamilyOptions):
                    network.activation, self.rk4_steps)
 
 
-CNF_FAMILY = register_family(Family("cnf", CNF, CNFOptions, {"rk4_steps": 20}))
+CNF_FAMILY = register_family(Family("cnf", CNF, CNFOptions, {"rk4_steps": 6}))

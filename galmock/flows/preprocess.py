@@ -8,6 +8,17 @@ R^3 (GalaxyFlow, eqs. 9–11):
 (ii)  w = u · artanh|u| / |u|  (the radial expansion; smooth at the origin);
 (iii) y = (w − μ) / σ  per coordinate, with the training mean and standard deviation.
 
+A whole galaxy has no edge but spans six decades in radius (a disk of a few kpc, a halo to
+hundreds, stray particles to Mpc), and a region's ball would be set by its farthest particle. The
+*log-radial* map used for k-d regions instead compresses positions about the galaxy centre:
+
+(i')  u = (r − r_c) / a  with a scale ``a`` (kpc; ``flows.training.log_radial_scale_kpc``);
+(ii') w = u · asinh|u| / |u|  (linear inside ~a, logarithmic outside; smooth at the origin);
+(iii) as above.
+
+It maps R^3 onto R^3, so there is no ball to truncate to (``r_max`` is infinite) and no distant
+particle sets any region's scale.
+
 Velocities have no edge and are only standardised. Everything here is float64: positions feed
 astrometry, and float32 would quantise a kpc-scale offset to ~0.1 pc. Each map has an exact
 inverse and a log |det Jacobian| so densities convert between the two spaces:
@@ -92,9 +103,46 @@ def radial_contract(w: Tensor) -> Tensor:
     return w * torch.where(small, series, torch.tanh(rho) / rho)
 
 
+def log_radial_expand(u: Tensor) -> tuple[Tensor, Tensor]:
+    """``w = u · asinh|u| / |u|`` on R^3; also log |det ∂w/∂u|.
+
+    asinh is linear near 0 and logarithmic far out (asinh s ≈ log 2s); unlike log(1 + s) it is
+    odd, so the map is smooth at the origin. The radial direction stretches by
+    1/sqrt(1 + s^2), each tangential one by asinh(s)/s, with ``s = |u|``.
+
+    Example:
+        >>> u = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], dtype=torch.float64)
+        >>> w, logdet = log_radial_expand(u)
+        >>> [round(float(v), 6) for v in torch.linalg.vector_norm(w, dim=1)]
+        [0.0, 2.312438]
+        >>> bool(torch.allclose(log_radial_contract(w), u))
+        True
+    """
+    s2 = (u * u).sum(dim=-1, keepdim=True)
+    small = s2 < _SMALL_S2
+    # As in radial_expand: keep the unused branch finite for the gradient.
+    s = torch.sqrt(torch.where(small, torch.full_like(s2, 0.25), s2))
+    series = 1 - s2 / 6 + 3 * s2 * s2 / 40 - 5 * s2 * s2 * s2 / 112  # asinh(s)/s
+    ratio = torch.where(small, series, torch.asinh(s) / s)
+    log_ratio = torch.where(small, torch.log(series), torch.log(ratio))
+    logdet = 2 * log_ratio - 0.5 * torch.log1p(s2)
+    return u * ratio, logdet.squeeze(-1)
+
+
+def log_radial_contract(w: Tensor) -> Tensor:
+    """Inverse of :func:`log_radial_expand`: ``u = w · sinh|w| / |w|``."""
+    rho2 = (w * w).sum(dim=-1, keepdim=True)
+    small = rho2 < _SMALL_S2
+    rho = torch.sqrt(torch.where(small, torch.full_like(rho2, 0.25), rho2))
+    series = 1 + rho2 / 6 + rho2 * rho2 / 120 + rho2 * rho2 * rho2 / 5040  # sinh(ρ)/ρ
+    return w * torch.where(small, series, torch.sinh(rho) / rho)
+
+
 @dataclass(frozen=True)
 class PositionPreprocessing:
-    """Ball of radius ``r_max`` around ``centre`` → standardised R^3 (float64, invertible).
+    """Positions → standardised R^3 (float64, invertible): the ball of radius ``r_max`` around
+    ``centre`` (the paper's map), or with a ``scale`` the log-radial map about ``centre``
+    (:meth:`fit_log_radial`; ``r_max`` is then infinite).
 
     Example:
         >>> pos = np.random.default_rng(1).uniform(-5, 5, (100, 3))
@@ -111,6 +159,33 @@ class PositionPreprocessing:
     c: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    scale: float | None = None  # the log-radial map's scale a (kpc); None: the ball map
+
+    @classmethod
+    def fit_log_radial(
+        cls, pos: np.ndarray | Tensor, centre: Sequence[float] | np.ndarray, scale: float
+    ) -> PositionPreprocessing:
+        """Constants of the log-radial map about ``centre`` with scale ``scale`` (kpc).
+
+        Example:
+            >>> pos = np.random.default_rng(1).standard_cauchy((500, 3))  # far-flung tails
+            >>> pre = PositionPreprocessing.fit_log_radial(pos, (0, 0, 0), scale=1.0)
+            >>> y = pre.forward(pos)
+            >>> bool(torch.allclose(pre.inverse(y), torch.as_tensor(pos), rtol=1e-9))
+            True
+            >>> pre.r_max, PositionPreprocessing.from_dict(pre.to_dict()) == pre
+            (inf, True)
+        """
+        pos64 = _as_f64(pos, torch.device("cpu"))
+        centre3 = _vector(centre, "centre")
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"preprocessing: scale must be a positive number, got {scale!r}")
+        if pos64.ndim != 2 or pos64.shape[1] != 3 or len(pos64) < 2:
+            shape = tuple(pos64.shape)
+            raise InputError(f"preprocessing: positions must be (n >= 2, 3), got {shape}")
+        w, _ = log_radial_expand((pos64 - torch.tensor(centre3, dtype=torch.float64)) / scale)
+        mean, std = _standardisation(w.numpy(), "log-radial positions")
+        return cls(centre3, math.inf, 1.0, mean, std, float(scale))  # type: ignore[arg-type]
 
     @classmethod
     def fit(
@@ -155,8 +230,12 @@ class PositionPreprocessing:
         """``(y, log |det ∂y/∂r|)``; both non-finite for positions outside the ball."""
         pos = _as_f64(pos)
         centre, mean, std = self._constants(pos)
-        scale = self.r_max * self.c
-        w, logdet = radial_expand((pos - centre) / scale)
+        if self.scale is not None:
+            scale = self.scale
+            w, logdet = log_radial_expand((pos - centre) / scale)
+        else:
+            scale = self.r_max * self.c
+            w, logdet = radial_expand((pos - centre) / scale)
         logdet = logdet - 3 * math.log(scale) - torch.log(std).sum()
         return (w - mean) / std, logdet
 
@@ -168,10 +247,15 @@ class PositionPreprocessing:
         """Preprocessed (n, 3) → physical positions (n, 3), float64 (offset added in float64)."""
         y = _as_f64(y)
         centre, mean, std = self._constants(y)
+        if self.scale is not None:
+            return log_radial_contract(y * std + mean) * self.scale + centre
         return radial_contract(y * std + mean) * (self.r_max * self.c) + centre
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready constants (floats round-trip exactly through JSON)."""
+        if self.scale is not None:
+            return {"map": "log-radial", "centre": list(self.centre), "scale_kpc": self.scale,
+                    "mean": list(self.mean), "std": list(self.std)}
         return {
             "centre": list(self.centre),
             "r_max": self.r_max,
@@ -182,6 +266,10 @@ class PositionPreprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PositionPreprocessing:
+        if data.get("map", "ball") == "log-radial":
+            return cls(centre=_vector(data["centre"], "centre"), r_max=math.inf, c=1.0,
+                       mean=_vector(data["mean"], "mean"), std=_vector(data["std"], "std"),
+                       scale=float(data["scale_kpc"]))
         return cls(
             centre=_vector(data["centre"], "centre"),
             r_max=float(data["r_max"]),

@@ -1,12 +1,22 @@
 r"""Train one region's flows: arrays in, a :class:`FlowEnsemble` (and optionally an artifact) out.
 
-The recipe is GalaxyFlow §3.3, every number a :class:`TrainingRecipe` value (``flows.training``
-in a job file): preprocess (fitted on all the region's training particles, with ``radial_c``),
-hold out ``validation_fraction`` for validation, split the rest into ``batches_per_epoch``
-mini-batches per epoch, minimise the negative log-likelihood with Adam at ``learning_rate``
-until the validation loss has not improved for ``patience_epochs`` epochs, then restart from the
-best state at ``finetune_learning_rate`` with the same rule, and keep the best state
-(``max_epochs`` caps each of the two phases). The position flow p(r) trains first, then the
+Every number is a :class:`TrainingRecipe` value (``flows.training`` in a job file). Positions
+are preprocessed (fitted on all the region's training particles: the ball map with ``radial_c``
+for a sphere plan, else the log-radial map with ``log_radial_scale_kpc``) and
+``validation_fraction`` of the rows is held out for validation. Then, by ``method``:
+
+- ``flow-matching`` (families with a vector field, the CNF; others fall back to likelihood):
+  each epoch is ``batches_per_epoch`` Adam steps on the conditional flow-matching loss of
+  ``batch_rows`` rows drawn with replacement, the learning rate decayed from ``learning_rate``
+  to 0 by a cosine over ``max_epochs``; the validation loss is the same loss on the validation
+  rows with fixed noise (so epochs compare on paired draws); training stops after
+  ``patience_epochs`` epochs without improvement or at ``max_epochs``, keeping the best state.
+  One step costs one network evaluation, not an RK4 solve with the trace.
+- ``likelihood`` (GalaxyFlow §3.3): split the training rows into ``batches_per_epoch``
+  mini-batches per epoch, minimise the negative log-likelihood with Adam at ``learning_rate``
+  until the validation loss has not improved for ``patience_epochs`` epochs, then restart from
+  the best state at ``finetune_learning_rate`` with the same rule, and keep the best state
+  (``max_epochs`` caps each of the two phases). The position flow p(r) trains first, then the
 velocity flow p(v | r); an ensemble repeats this for ``ensemble_size`` seeds. What the flows are
 is a :class:`~galmock.flows.families.FlowSpec` (family, network size, family options); where and
 how fast they train is a :class:`Runtime`, which never changes the weights (on CPU, for a fixed
@@ -32,7 +42,8 @@ Example:
     >>> spec = FlowSpec("maf", NetworkOptions(hidden_features=8, hidden_layers=1,
     ...                                       activation="gelu"),
     ...                 family("maf").parse_options({"transforms": 1}))
-    >>> recipe = TrainingRecipe(radial_c=1.000001, validation_fraction=0.2, batches_per_epoch=2,
+    >>> recipe = TrainingRecipe(method="likelihood", radial_c=1.000001, log_radial_scale_kpc=1.0,
+    ...                         validation_fraction=0.2, batches_per_epoch=2, batch_rows=64,
     ...                         learning_rate=1e-2, finetune_learning_rate=1e-3,
     ...                         patience_epochs=1, max_epochs=2, ensemble_size=1)
     >>> ensemble = fit_ensemble(pos, vel, spec, recipe, seed=3, centre=(0, 0, 0), radius=1.0,
@@ -88,9 +99,12 @@ class TrainingRecipe(Section):
     Every field changes the trained weights, so all of them are part of :func:`region_recipe`.
     """
 
+    method: Literal["flow-matching", "likelihood"]
     radial_c: Annotated[float, Field(gt=1)]
+    log_radial_scale_kpc: PositiveFloat
     validation_fraction: Annotated[float, Field(gt=0, lt=1)]
     batches_per_epoch: PositiveInt
+    batch_rows: PositiveInt
     learning_rate: PositiveFloat
     finetune_learning_rate: PositiveFloat
     patience_epochs: PositiveInt
@@ -99,9 +113,10 @@ class TrainingRecipe(Section):
 
     def loop_settings(self) -> dict[str, Any]:
         """The settings one flow's fit reads (:func:`fit_density_flow`): the recipe without
-        ``radial_c`` (it acts through the data) and ``ensemble_size`` (one member's fit does not
-        depend on how many there are)."""
-        return self.model_dump(mode="json", exclude={"radial_c", "ensemble_size"})
+        ``radial_c`` and ``log_radial_scale_kpc`` (they act through the data) and
+        ``ensemble_size`` (one member's fit does not depend on how many there are)."""
+        return self.model_dump(mode="json",
+                               exclude={"radial_c", "log_radial_scale_kpc", "ensemble_size"})
 
 
 @dataclass(frozen=True)
@@ -132,8 +147,9 @@ def region_recipe(spec: FlowSpec, recipe: TrainingRecipe) -> dict[str, Any]:
         >>> from galmock.flows.families import FlowSpec, NetworkOptions, family
         >>> spec = FlowSpec("nsf", NetworkOptions(hidden_features=8, hidden_layers=1,
         ...                                       activation="gelu"), family("nsf").parse_options())
-        >>> recipe = TrainingRecipe(radial_c=1.000001, validation_fraction=0.2,
-        ...                         batches_per_epoch=2, learning_rate=1e-2,
+        >>> recipe = TrainingRecipe(method="flow-matching", radial_c=1.000001,
+        ...                         log_radial_scale_kpc=1.0, validation_fraction=0.2,
+        ...                         batches_per_epoch=2, batch_rows=64, learning_rate=1e-2,
         ...                         finetune_learning_rate=1e-3, patience_epochs=1,
         ...                         max_epochs=2, ensemble_size=1)
         >>> region = region_recipe(spec, recipe)
@@ -275,7 +291,8 @@ def fit_density_flow(
     n = x.shape[0]
     n_val = max(1, round(recipe.validation_fraction * n))
     n_train = n - n_val
-    if n_train < recipe.batches_per_epoch:
+    matching = recipe.method == "flow-matching" and flow.flow_matching
+    if not matching and n_train < recipe.batches_per_epoch:
         raise InputError(
             f"{label}: {n} rows leave {n_train} for training, fewer than "
             f"flows.training.batches_per_epoch = {recipe.batches_per_epoch}"
@@ -304,14 +321,29 @@ def fit_density_flow(
     started = time.perf_counter() - state.wall_time_s
     last_saved = state.epoch
     while state.phase != "done":
+        if matching:
+            # Cosine decay to 0 over max_epochs (from the state, so a resumed run agrees).
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.learning_rate * 0.5 * (
+                    1 + math.cos(math.pi * state.phase_epoch / recipe.max_epochs))
         lr = optimizer.param_groups[0]["lr"]
         flow.train()
-        batches = torch.randperm(n_train, generator=shuffle).to(device).chunk(
-            recipe.batches_per_epoch
-        )
+        if matching:
+            # batches_per_epoch steps of batch_rows rows drawn with replacement.
+            size = min(recipe.batch_rows, n_train)
+            batches = [torch.randint(n_train, (size,), generator=shuffle).to(device)
+                       for _ in range(recipe.batches_per_epoch)]
+        else:
+            batches = list(torch.randperm(n_train, generator=shuffle).to(device).chunk(
+                recipe.batches_per_epoch
+            ))
         for i, batch in enumerate(batches):
             rows = train_idx[batch]
-            loss = -flow.log_prob(x[rows], None if context is None else context[rows]).mean()
+            ctx = None if context is None else context[rows]
+            if matching:
+                loss = flow.flow_matching_loss(x[rows], ctx, shuffle)
+            else:
+                loss = -flow.log_prob(x[rows], ctx).mean()
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{label}: non-finite training loss ({loss.item()}) at epoch "
@@ -323,8 +355,13 @@ def fit_density_flow(
             loss.backward()
             optimizer.step()
         flow.eval()
-        val_loss = _mean_nll(flow, x[val_idx], None if context is None else context[val_idx],
-                             chunk)
+        val_ctx = None if context is None else context[val_idx]
+        if matching:
+            # The same noise every epoch: epochs are compared on paired draws.
+            val_loss = _mean_matching_loss(flow, x[val_idx], val_ctx,
+                                           derive_seed(seed, label, "validation"), chunk)
+        else:
+            val_loss = _mean_nll(flow, x[val_idx], val_ctx, chunk)
         state.epoch += 1
         state.phase_epoch += 1
         state.epochs[state.phase] += 1
@@ -344,7 +381,8 @@ def fit_density_flow(
             flow.load_state_dict(best)
             log.info("%s: %s phase ended after %d epochs, best validation loss %.6g", label,
                      state.phase, state.phase_epoch, state.best_loss)
-            state.phase = "finetune" if state.phase == "main" else "done"
+            # Flow matching has one phase: its learning rate has decayed to 0 by max_epochs.
+            state.phase = "finetune" if state.phase == "main" and not matching else "done"
             state.phase_epoch = state.bad_epochs = 0
             optimizer = torch.optim.Adam(flow.parameters(), lr=recipe.finetune_learning_rate)
         # A preemption signal (galmock.preempt) checkpoints now and stops the run.
@@ -363,6 +401,19 @@ def fit_density_flow(
     state.wall_time_s = time.perf_counter() - started
     return FitReport(label, state.best_loss, dict(state.epochs), state.wall_time_s,
                      list(state.resumed_from_epoch), list(state.history))
+
+
+def _mean_matching_loss(
+    flow: DensityFlow, x: Tensor, context: Tensor | None, seed: int, chunk: int
+) -> float:
+    generator = _generator(seed)
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            c = None if context is None else context[sl]
+            total += float(flow.flow_matching_loss(x[sl], c, generator)) * x[sl].shape[0]
+    return total / x.shape[0]
 
 
 def _mean_nll(flow: DensityFlow, x: Tensor, context: Tensor | None, chunk: int) -> float:
@@ -421,7 +472,7 @@ def fit_phase_space_flow(
     recipe: TrainingRecipe,
     seed: int,
     centre: Sequence[float],
-    radius: float,
+    radius: float | None,
     workdir: str | Path | None = None,
     *,
     runtime: Runtime | None = None,
@@ -433,7 +484,8 @@ def fit_phase_space_flow(
         spec: both flows' family, network size and options.
         recipe: the training recipe (``radial_c`` and the loop settings).
         seed: the member's seed; flow ``label`` initialises from ``(seed, label, "init")``.
-        centre, radius: the region's ball (r_c, r_max).
+        centre, radius: the region's ball (r_c, r_max), the paper's map; with ``radius``
+            ``None`` the log-radial map about ``centre`` with ``recipe.log_radial_scale_kpc``.
         workdir: checkpoints go to ``workdir/{position,velocity}.ckpt``.
         runtime: device, chunking, compile flag and checkpoint interval (default:
             :class:`Runtime`'s).
@@ -441,7 +493,10 @@ def fit_phase_space_flow(
     runtime = runtime or Runtime()
     pos, vel = _check_arrays(pos, vel)
     device = resolve_device(runtime.device)
-    pos_pre = PositionPreprocessing.fit(pos, centre, radius, recipe.radial_c)
+    if radius is None:
+        pos_pre = PositionPreprocessing.fit_log_radial(pos, centre, recipe.log_radial_scale_kpc)
+    else:
+        pos_pre = PositionPreprocessing.fit(pos, centre, radius, recipe.radial_c)
     vel_pre = VelocityPreprocessing.fit(vel)
     v_max = float(np.linalg.norm(vel, axis=1).max())
     # Preprocessed in float64, trained in float32 (the networks' precision).
@@ -472,7 +527,7 @@ def fit_ensemble(
     recipe: TrainingRecipe,
     seed: int,
     centre: Sequence[float],
-    radius: float,
+    radius: float | None,
     workdir: str | Path | None = None,
     artifact: str | Path | None = None,
     *,

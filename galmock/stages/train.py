@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 
@@ -73,7 +74,6 @@ def _train(job: JobConfig, rank: Rank) -> None:
             return  # preempted: drain the queue without starting work; the rerun does it
         if not data:
             data.append(RegionParticles(layout.particles, plan))
-        region = plan.regions[rid]
         pos, vel = data[0].phase_space(rid)
         seed = derive_seed(job.seed, "train", rid)
         artifact = layout.model(rid)
@@ -87,9 +87,9 @@ def _train(job: JobConfig, rank: Rank) -> None:
         t0 = time.perf_counter()
         workdir = layout.model_workdir(rid)
         try:
-            fit_ensemble(pos, vel, job.flows.spec(), job.flows.training, seed, region.centre,
-                         region.radius, workdir=workdir, artifact=artifact,
-                         runtime=job.flows.runtime())
+            centre, radius = plan.position_map(rid)
+            fit_ensemble(pos, vel, job.flows.spec(), job.flows.training, seed, centre, radius,
+                         workdir=workdir, artifact=artifact, runtime=job.flows.runtime())
         except preempt.Preempted as stop:
             log.info("%s: region %d: %s; the rerun resumes from %s", rank, rid, stop, workdir)
             return
@@ -132,7 +132,8 @@ def _check_pretrained(job: JobConfig, plan: RegionPlan, rank: Rank) -> None:
         ball = manifest.get("region", {})
         centre = np.asarray(ball.get("centre", (np.nan,) * 3), dtype=np.float64)
         gap = float(np.linalg.norm(centre - np.asarray(region.centre)))
-        if gap + region.radius > float(ball.get("r_max", 0.0)) * (1 + 1e-9):
+        r_max = math.inf if ball.get("r_max", 0.0) is None else float(ball.get("r_max", 0.0))
+        if gap + region.radius > r_max * (1 + 1e-9):
             log.warning("region %d: the model at %s covers the ball %s r = %s, which does not "
                         "contain the region's particles (centre %s, r = %.3g)", rid, location,
                         centre.tolist(), ball.get("r_max"), region.centre, region.radius)

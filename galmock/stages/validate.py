@@ -67,7 +67,7 @@ from galmock.validate.classifier import (
 )
 from galmock.validate.mmd import linear_mmd, median_bandwidth
 from galmock.validate.report import DEFINITIONS, REPORT_FORMAT, summary_table, write_report_files
-from galmock.validate.seams import internal_faces, seam_counts
+from galmock.validate.seams import internal_faces, seam_counts, seam_excess
 from galmock.validate.truth import (
     DemoTruth,
     heldout_loglikelihood,
@@ -224,7 +224,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     report["mmd"] = _mmd(z, z_test, truth_samples, job)
 
     with atomic_directory(layout.report) as staging:
-        report["seams"], stars = _seams(job, plan, draws, data, staging)
+        report["seams"], stars = _seams(job, plan, draws, data, truth)
         report["figures"] = []
         if cfg.figures:
             report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
@@ -329,39 +329,53 @@ def _mmd(
 
 def _seams(
     job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: RegionParticles,
-    staging: Path,
+    truth: DemoTruth | None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """Seam counts on the production stars (Dask, strided subsample) when ``stars.zarr``
-    exists, else on the run's flow draws; also returns the stars read, for the figures."""
-
-    stars = _read_stars(job)
+    """Seams on the production stars (up to ``seam_stars`` of them, an even stride through
+    ``stars.zarr``) when it exists, else on the run's flow draws: per face the star density's
+    step, its excess over a seamless reference (as many true draws where the truth is known,
+    else the particles) and the comparison with the particles. Also returns the stars for the
+    figures."""
+    stars = _read_stars(job, job.validation.figure_stars, ("x", "y", "z", "vx", "vy", "vz"))
     faces = internal_faces(plan)
     if not faces:
         note = ("no internal faces (a single region)" if len(plan.regions) == 1
                 else "no internal faces (sphere plan)")
         return {"faces": [], "note": note}, stars
-    if stars is not None:
-        pos = np.column_stack([stars["x"], stars["y"], stars["z"]])
+    many = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
+    if many is not None:
+        pos = np.column_stack([many["x"], many["y"], many["z"]])
         source = f"stars.zarr ({len(pos)} stars, an even stride through the catalog)"
     elif job.flows.kind in draws:
         pos = draws[job.flows.kind].pos
         source = f"validation draws of {job.flows.kind}"
     else:
         return {"faces": [], "note": "no stars.zarr and no draws of flows.kind"}, stars
-    rows = seam_counts(faces, pos, data.pos, job.validation.seam_width_kpc)
-    return {"faces": rows, "source": source, "width_kpc": job.validation.seam_width_kpc}, stars
+    width = job.validation.seam_width_kpc
+    if truth is not None:
+        reference = truth.sample(len(pos), np.random.default_rng(_seed(job, "seam-reference")))[0]
+        reference_name = f"{len(reference)} draws of the true density"
+    else:
+        reference, reference_name = data.pos, f"the {len(data.pos)} particles"
+    rows = [
+        {**counts, **step}
+        for counts, step in zip(seam_counts(faces, pos, data.pos, width),
+                                seam_excess(faces, pos, reference, width), strict=True)
+    ]
+    return {"faces": rows, "source": source, "reference": reference_name,
+            "width_kpc": width}, stars
 
 
-def _read_stars(job: JobConfig) -> dict[str, np.ndarray] | None:
-    """An even stride of ``figure_stars`` rows of ``<run>/stars.zarr`` through Dask, or None."""
+def _read_stars(
+    job: JobConfig, rows: int, columns: tuple[str, ...]
+) -> dict[str, np.ndarray] | None:
+    """An even stride of about ``rows`` rows of ``<run>/stars.zarr`` through Dask, or None."""
     path = RunLayout(job.run_dir).stars
     if not path.exists():
         return None
-
-
     cat = open_catalog(path)
-    step = max(1, math.ceil(len(cat) / job.validation.figure_stars))
-    lazy = cat.to_dask(["x", "y", "z", "vx", "vy", "vz"])
+    step = max(1, math.ceil(len(cat) / rows))
+    lazy = cat.to_dask(list(columns))
     (cols,) = dask.compute({c: a[::step] for c, a in lazy.items()})
     return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
 

@@ -171,16 +171,24 @@ def classifier_histograms(
 
 
 def seam_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str) -> Path:
-    """log(s_L/s_R) - log(p_L/p_R) per internal face with its standard error (0 = seamless)."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(rows) + 2), 3.5))
-    good = [r for r in rows if r["stderr"] is not None]
-    x = np.arange(len(good))
-    ax.errorbar(x, [r["log_ratio_difference"] for r in good],
-                yerr=[r["stderr"] for r in good], fmt="o")
+    """Per internal face: the seam, the star density's step log(rho_R/rho_L) minus a seamless
+    reference's, with its standard error (0 = seamless), and, lighter, the comparison with the
+    particles log(s_L/s_R) - log(p_L/p_R)."""
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.5 * len(rows) + 2), 3.5))
+    x = np.arange(len(rows))
+    seam = [(i, r) for i, r in enumerate(rows) if r.get("excess") is not None]
+    ax.errorbar([i - 0.1 for i, _ in seam], [r["excess"] for _, r in seam],
+                yerr=[r["excess_stderr"] for _, r in seam], fmt="o",
+                label="seam: step of stars - step of reference")
+    versus = [(i, r) for i, r in enumerate(rows) if r.get("stderr") is not None]
+    ax.errorbar([i + 0.1 for i, _ in versus], [r["log_ratio_difference"] for _, r in versus],
+                yerr=[r["stderr"] for _, r in versus], fmt="s", color="0.6", ms=3,
+                label="vs particles")
     ax.axhline(0.0, color="k", lw=0.8)
-    ax.set_xticks(x, [f"{r['axis']}={r['value_kpc']:.2f}" for r in good], rotation=60,
+    ax.set_xticks(x, [f"{r['axis']}={r['value_kpc']:.2f}" for r in rows], rotation=60,
                   fontsize=7)
-    ax.set_ylabel("log(s_L/s_R) - log(p_L/p_R)")
-    ax.set_title(f"seams: {source}")
+    ax.set_ylabel("log density ratio across the face")
+    ax.legend(fontsize=7)
+    ax.set_title(f"seams across internal region faces\n{source}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

@@ -54,8 +54,12 @@ DEFINITIONS = {
     "mmd2": "linear-time MMD^2 (Gretton et al. 2012), Gaussian kernel on standardised "
             "(x, y, z, vx, vy, vz), between the draws and the test particles; 0 within its "
             "stderr = same distribution.",
-    "seams": "per internal k-d face: log(s_L/s_R) - log(p_L/p_R) in slabs of seam_width_kpc "
-             "on both sides (s: stars or draws, p: particles); 0 within stderr = seamless.",
+    "seams": "per internal k-d face: step = log(rho_R/rho_L), the jump of the star density "
+             "across the face from four slabs of seam_width_kpc (the smooth gradient removed); "
+             "seam = step minus the same step of a seamless reference (true draws, else the "
+             "particles), 0 within its stderr = seamless; vs particles = "
+             "log(s_L/s_R) - log(p_L/p_R) in the two slabs touching the face (s: stars or "
+             "draws, p: particles), whose stderr includes the particles' Poisson noise.",
 }
 
 
@@ -141,13 +145,16 @@ def render_html(report: Mapping[str, Any]) -> str:
     if not seams.get("faces"):
         parts.append(f"<p>{html.escape(seams.get('note', 'no internal faces'))}</p>")
     else:
-        parts.append(f"<p>Source: {html.escape(seams['source'])}.</p>")
+        parts.append(f"<p>Source: {html.escape(seams['source'])}; reference: "
+                     f"{html.escape(seams.get('reference', 'none'))}.</p>")
         parts.append(_table(
-            ["face", "stars L", "stars R", "particles L", "particles R", "statistic", "stderr",
-             "z"],
-            [[f"{f['axis']} = {f['value_kpc']:.3f}", f["samples_left"], f["samples_right"],
-              f["particles_left"], f["particles_right"], f["log_ratio_difference"],
-              f["stderr"], f["z"]] for f in seams["faces"]],
+            ["face", "seam (excess step)", "stderr", "step", "reference step", "stars L",
+             "stars R", "particles L", "particles R", "vs particles", "stderr", "z"],
+            [[f"{f['axis']} = {f['value_kpc']:.3f}", f.get("excess"), f.get("excess_stderr"),
+              f.get("step"), f.get("reference_step"),
+              f["samples_left"], f["samples_right"], f["particles_left"],
+              f["particles_right"], f["log_ratio_difference"], f["stderr"], f["z"]]
+             for f in seams["faces"]],
         ))  # fmt: skip
         parts.append(f"<p class='def'>{DEFINITIONS['seams']}</p>")
     figures = report.get("figures", [])

@@ -279,7 +279,8 @@ def load_flows(
             log.info("validate: training %s for region %d on %d particles (%s)", kind, r.id,
                      len(pos), why)
             workdir = cache / f"{region_name(r.id)}.work"
-            fit_ensemble(pos, vel, cfg.spec(), cfg.training, seed, r.centre, r.radius,
+            centre, radius = plan.position_map(r.id)
+            fit_ensemble(pos, vel, cfg.spec(), cfg.training, seed, centre, radius,
                          workdir=workdir, artifact=artifact, runtime=cfg.runtime())
             shutil.rmtree(workdir, ignore_errors=True)
         models.append(load_artifact(artifact))
