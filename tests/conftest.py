@@ -19,11 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from galmock.flows import family_names
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "slurm" / "local-slurm.sh"
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of small-tensor tests (extra OpenMP threads only add
+    overhead, and stall badly when the cores are shared); the setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=family_names())

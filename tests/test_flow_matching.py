@@ -13,13 +13,8 @@ import torch
 from galmock.config import FlowsConfig
 from galmock.flows.training import fit_density_flow, new_flow
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(n: int, rng: np.random.Generator) -> np.ndarray:

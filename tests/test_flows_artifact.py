@@ -26,13 +26,8 @@ from galmock.flows.training import fit_ensemble
 CENTRE = (-8.122, 0.0, 0.0208)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small tensors: extra OpenMP threads only add overhead (and stall on shared cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def particles(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

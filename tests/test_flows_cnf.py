@@ -14,15 +14,8 @@ from scipy import stats
 from galmock.flows.cnf import CNF
 from galmock.flows.families import flow_from_architecture
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: extra OpenMP threads only add overhead (and stall badly when the
-    # cores are shared), so the module runs single-threaded and restores the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def strong_cnf(features: int, context: int = 0, steps: int = 10, seed: int = 3) -> CNF:

@@ -24,13 +24,8 @@ MEANS = np.array([[-1.5, 0.0, 0.0], [1.5, 0.5, 0.0]])
 SIGMAS = np.array([0.6, 0.8, 1.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small batches: extra OpenMP threads only add overhead (and stall on shared cores).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixture(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,14 +21,8 @@ CENTRE = (1.0, -2.0, 0.5)
 R_MAX = 3.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: extra OpenMP threads only add overhead (and stall badly when the
-    # cores are shared), so the module runs single-threaded and restores the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NETWORK = NetworkOptions(hidden_features=16, hidden_layers=2, activation="gelu")

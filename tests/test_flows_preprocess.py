@@ -18,14 +18,8 @@ CENTRE = (-8.122, 0.0, 0.0208)
 R_MAX = 3.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: extra OpenMP threads only add overhead (and stall badly when the
-    # cores are shared), so the module runs single-threaded and restores the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ball(n: int, seed: int = 0) -> np.ndarray:

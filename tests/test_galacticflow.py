@@ -27,13 +27,8 @@ from galmock.flows.galaxy_model import (
 )
 from galmock.flows.galaxy_training import learning_rate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed_flow(features: int, context: int, seed: int = 0, scale: float = 0.1):

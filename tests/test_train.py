@@ -32,14 +32,8 @@ from galmock.seeds import derive_seed
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are small: extra OpenMP threads only add overhead (and stall badly when the
-    # cores are shared), so the module runs single-threaded and restores the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small tensors: one torch thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(kind: str = "cnf", **training) -> FlowsConfig:
