@@ -44,6 +44,10 @@ _TAG_REQUEST = 71
 _TAG_REPLY = 72
 _DONE = -1
 _POLL_SECONDS = 0.005
+# How long an aborting rank waits between writing its error and MPI.Abort: Hydra's proxy kills
+# the job on Abort without draining the rank's stderr pipe, so an error written just before it
+# is sometimes lost (pmodels/mpich#518; seen in CI as a failure with no message).
+_ABORT_GRACE_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -153,10 +157,8 @@ def abort_on_error(rank: Rank, stage: str) -> Iterator[None]:
     except Exception as err:
         if rank.size == 1:
             raise
-        sys.stderr.write(f"galmock {stage}: {rank}: error: {err}\n")
-        sys.stderr.flush()
         log.error("%s: %s", rank, err)
-        rank.comm.Abort(1)
+        _abort(rank.comm, f"galmock {stage}: {rank}: error: {err}\n")
 
 
 def on_root(rank: Rank, fn: Callable[[], T]) -> T:
@@ -204,15 +206,21 @@ def run_tasks(
             work(task)
         except BaseException as err:  # a failing task must bring the job down, not hang it
             detail = "".join(traceback.format_exception(err))
-            sys.stderr.write(f"galmock: rank {rank}: {describe(task)} failed: {err}\n{detail}")
-            sys.stderr.flush()
             log.error("rank %d: %s failed: %s", rank, describe(task), err)
-            comm.Abort(1)
+            _abort(comm, f"galmock: rank {rank}: {describe(task)} failed: {err}\n{detail}")
         done.append(task)
     if server is not None:
         server.join()
     comm.Barrier()
     return done
+
+
+def _abort(comm: Any, message: str) -> None:
+    """Write ``message`` to stderr, give the launcher time to forward it, abort the job."""
+    sys.stderr.write(message)
+    sys.stderr.flush()
+    time.sleep(_ABORT_GRACE_SECONDS)
+    comm.Abort(1)
 
 
 def _request(comm: Any) -> int:
