@@ -49,7 +49,8 @@ PARTICLE_FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "age", "feh", "ofe",
 class DemoConfig(Section):
     n_particles: PositiveInt
     components: dict[
-        Literal["thin_disk", "thick_disk", "bulge", "stellar_halo", "satellite"], NonNegativeFloat
+        Literal["thin_disk", "thick_disk", "bulge", "stellar_halo", "satellite", "far_field"],
+        NonNegativeFloat,
     ]
 
     @field_validator("components")
@@ -134,6 +135,7 @@ class PlanConfig(Section):
     kind: Literal["kdtree", "sphere"]
     target_particles: Annotated[int, Field(ge=2)]
     margin_kpc: NonNegativeFloat
+    margin_fraction: NonNegativeFloat | None
     centre: Literal["sun"] | Vector3
     radius_kpc: PositiveFloat
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)]
@@ -319,6 +321,7 @@ class ConvertConfig(Section):
 
 class ValidateConfig(Section):
     upsamplers: Annotated[list[str], Field(min_length=1)]
+    within_kpc: PositiveFloat | None
     oversample: PositiveFloat
     enbid_bandwidth_factor: PositiveFloat
     classifier_hidden: Annotated[list[PositiveInt], Field(min_length=1)]

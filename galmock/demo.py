@@ -1,6 +1,7 @@
 """The built-in demo galaxy (``galaxy.source: demo``): a Milky-Way-like model with exact densities.
 
-Five components (thin and thick disk, bulge, stellar halo and a cold Sgr-like satellite) are
+Five components (thin and thick disk, bulge, stellar halo and a cold Sgr-like satellite), and
+optionally a sixth of far-flung particles at 0.3-20 Mpc (``far_field``, off by default), are
 sampled as equal-mass star particles in the astropy Galactocentric frame (Sun at x = -8.122 kpc,
 disk angular momentum along -z, so local disk stars move towards +y). Every component also knows
 its exact, normalised 6-D phase-space density, so flows trained on the demo can be scored against
@@ -35,13 +36,15 @@ G_KPC_KMS2_MSUN = 4.30091e-6  # gravitational constant in kpc (km/s)^2 / Msun
 R_SUN_KPC = 8.122  # astropy Galactocentric v4.0
 TOTAL_MASS_MSUN = 5.5e10  # stellar mass of the demo galaxy
 AGE_UNIVERSE_GYR = 13.8
-COMPONENT_NAMES = ("thin_disk", "thick_disk", "bulge", "stellar_halo", "satellite")
+COMPONENT_NAMES = ("thin_disk", "thick_disk", "bulge", "stellar_halo", "satellite", "far_field")
 DEFAULT_FRACTIONS = {
     "thin_disk": 0.62,
     "thick_disk": 0.12,
     "bulge": 0.22,
     "stellar_halo": 0.02,
     "satellite": 0.02,
+    # Off by default: particles at 0.3-20 Mpc, as zoom snapshots keep (a robustness test).
+    "far_field": 0.0,
 }
 # Total potential for the rotation curve (stars + gas + dark matter, not the demo's stars alone):
 # Miyamoto-Nagai disk + Hernquist bulge + NFW halo, tuned to v_c(R_sun) = 230 km/s with a curve
@@ -338,8 +341,36 @@ class PlummerSatellite:
         return np.where(binding > 0, out, -np.inf)
 
 
+@dataclass(frozen=True)
+class FarField(_GaussianVelocities):
+    """Particles far outside the galaxy, as zoom snapshots keep (unbound, stripped and
+    neighbouring-halo stars out to Mpc): isotropic and log-uniform in radius between
+    ``r_min_kpc`` and ``r_max_kpc`` (rho ∝ r^-3), with isotropic Gaussian velocities at rest.
+    A handful of them must not set any region's scale (#12)."""
+
+    name: str
+    r_min_kpc: float
+    r_max_kpc: float
+    sigma_kms: float
+    chemistry: Chemistry
+
+    def sample_positions(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        r = np.exp(rng.uniform(np.log(self.r_min_kpc), np.log(self.r_max_kpc), n))
+        return r[:, None] * _isotropic(n, rng)
+
+    def log_density(self, pos: np.ndarray) -> np.ndarray:
+        r = np.sqrt((np.asarray(pos, dtype=np.float64) ** 2).sum(axis=1))
+        log_norm = np.log(4 * np.pi * np.log(self.r_max_kpc / self.r_min_kpc))
+        with np.errstate(divide="ignore"):
+            out = -3 * np.log(r) - log_norm
+        return np.where((r >= self.r_min_kpc) & (r <= self.r_max_kpc), out, -np.inf)
+
+    def velocity_moments(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((len(pos), 3)), np.full((len(pos), 3), self.sigma_kms)
+
+
 def default_components() -> dict[str, Component]:
-    """The demo's five components with their default parameters, in index order."""
+    """The demo's six components with their default parameters, in index order."""
     return {
         # Dispersions fall with R_sigma = 8 kpc (~3 R_d): the sigma ∝ exp(-R/2R_d) of a
         # constant-scale-height disk would make the inner disk hotter than the bulge.
@@ -398,6 +429,15 @@ def default_components() -> dict[str, Component]:
             velocity_kms=(230.0, -35.0, 195.0),
             chemistry=Chemistry(
                 age_gyr=(5.0, 10.0), feh=-0.9, feh_sigma=0.3, ofe=0.1, ofe_sigma=0.07
+            ),
+        ),
+        "far_field": FarField(
+            name="far_field",
+            r_min_kpc=300.0,
+            r_max_kpc=20_000.0,
+            sigma_kms=100.0,
+            chemistry=Chemistry(
+                age_gyr=(10.0, 13.0), feh=-1.8, feh_sigma=0.4, ofe=0.3, ofe_sigma=0.07
             ),
         ),
     }

@@ -21,7 +21,6 @@ from galmock.demo import (
     R_SUN_KPC,
     DemoGalaxy,
     ExponentialDisk,
-    HernquistSphere,
     PlummerSatellite,
     circular_velocity,
     demo_particles,
@@ -135,12 +134,13 @@ def test_columns_meta_and_chemistry(demo):
     assert meta["components"] == list(COMPONENT_NAMES) and meta["seed"] == 42
     assert sum(meta["counts"].values()) == N
     np.testing.assert_allclose(sum(meta["component_mass_msun"].values()), 5.5e10, rtol=1e-12)
-    feh = {n: cols["feh"][_mask(comp, n)].mean() for n in COMPONENT_NAMES}
+    present = [n for n in COMPONENT_NAMES if meta["counts"][n]]  # far_field is off by default
+    feh = {n: cols["feh"][_mask(comp, n)].mean() for n in present}
     assert feh["stellar_halo"] < feh["satellite"] < feh["thick_disk"] < feh["thin_disk"]
     thin = _mask(comp, "thin_disk")
     slope = np.polyfit(np.hypot(pos[thin, 0], pos[thin, 1]), cols["feh"][thin], 1)[0]
     assert -0.08 < slope < -0.04  # the -0.06 dex/kpc gradient
-    ofe = {n: cols["ofe"][_mask(comp, n)].mean() for n in COMPONENT_NAMES}
+    ofe = {n: cols["ofe"][_mask(comp, n)].mean() for n in present}
     assert ofe["thin_disk"] < 0.1 < ofe["thick_disk"] < ofe["stellar_halo"]
 
 
@@ -205,10 +205,10 @@ def test_position_density_normalised(name):
             lambda z, R: 2 * np.pi * R * dens(R, 0.0, z), 0, np.inf, -np.inf, np.inf
         )
     else:
-        c = np.zeros(3) if isinstance(comp, HernquistSphere) else np.asarray(comp.centre_kpc)
-        rmax = comp.r_max_kpc if isinstance(comp, HernquistSphere) else np.inf
+        c = np.asarray(getattr(comp, "centre_kpc", (0.0, 0.0, 0.0)))
+        rmin, rmax = getattr(comp, "r_min_kpc", 0.0), getattr(comp, "r_max_kpc", np.inf)
         total, _ = integrate.quad(
-            lambda r: 4 * np.pi * r**2 * dens(c[0] + r, c[1], c[2]), 0, rmax, limit=200
+            lambda r: 4 * np.pi * r**2 * dens(c[0] + r, c[1], c[2]), rmin, rmax, limit=200
         )
     assert total == pytest.approx(1.0, abs=1e-6)
 
@@ -247,6 +247,8 @@ def test_sampled_positions_follow_log_density(name):
     centre = np.asarray(getattr(comp, "centre_kpc", (0.0, 0.0, 0.0)))
     rmax = getattr(comp, "r_max_kpc", 200.0)
     grid = np.concatenate([[0.0], np.geomspace(1e-5, rmax, 40_000)])
+    if hasattr(comp, "r_min_kpc"):  # no mass inside r_min: start the grid there
+        grid = np.geomspace(comp.r_min_kpc, rmax, 40_000)
     pts = centre + np.outer(grid, [1.0, 0.0, 0.0])
     with np.errstate(invalid="ignore"):  # Hernquist cusp: r² p(r) -> 0 x inf at r = 0
         shell = np.nan_to_num(4 * np.pi * grid**2 * np.exp(comp.log_density(pts)))

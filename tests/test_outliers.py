@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import yaml
 
-from galmock.demo import demo_particles
+from galmock.config import load_job
+from galmock.demo import DEFAULT_FRACTIONS, demo_particles
 from galmock.flows.preprocess import PositionPreprocessing
-from galmock.plan import build_kdtree_plan
+from galmock.imf import kroupa2001
+from galmock.particles import read_particle_store
+from galmock.plan import build_kdtree_plan, read_plan
+from galmock.stages import run_pipeline
+from galmock.store import open_catalog
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +63,43 @@ def test_no_region_scale_is_set_by_distant_particles(galaxy) -> None:
         crushed += float(ball.forward(inner).std(0).min()) < 0.05
     assert crushed >= 1  # the ball map does crush the regions that hold outliers
     assert (owner >= 0).all()
+
+
+def test_stellar_mass_per_region_matches_particle_mass_outliers_included(tmp_path) -> None:
+    """The far-field demo end to end (tiny CNFs): every region's stars, the regions reaching to
+    20 Mpc included, carry its owned particle mass within the compound-Poisson error."""
+    threads = torch.get_num_threads()
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text(yaml.safe_dump({
+        "name": "far-field", "seed": 4,
+        "galaxy": {"demo": {"n_particles": 20_000, "components": {**DEFAULT_FRACTIONS,
+                                                                  "far_field": 0.003}}},
+        "plan": {"target_particles": 5_000},
+        "flows": {"kind": "cnf", "hidden_features": 16, "hidden_layers": 2,
+                  "cnf": {"rk4_steps": 4},
+                  "training": {"max_epochs": 2, "patience_epochs": 2, "batches_per_epoch": 5,
+                               "ensemble_size": 1},
+                  "threads": 1, "device": "cpu"},
+        "upsample": {"mode": "imf", "sampling_fraction": 5e-6, "chunk_rows": 1 << 16},
+    }))  # fmt: skip
+    job = load_job(job_path, output=tmp_path / "run")
+    try:
+        run_pipeline(job, "ingest", "upsample")
+    finally:
+        torch.set_num_threads(threads)
+    plan = read_plan(tmp_path / "run" / "plan.json")
+    particles = read_particle_store(tmp_path / "run" / "particles.zarr")
+    far = np.linalg.norm(particles.positions(), axis=1) > 300
+    assert far.sum() == round(0.003 / 1.003 * 20_000)  # the outliers are there
+    far_regions = set(plan.owner(particles.positions()[far]).tolist())
+    data = open_catalog(tmp_path / "run" / "stars.zarr").read(columns=["mass", "region"])
+    imf = kroupa2001(0.08, 100.0)
+    grid = np.geomspace(0.08, 100.0, 200_001)
+    m2 = np.trapezoid(grid**2 * imf.pdf(grid), grid)  # <m^2> per star
+    f = 5e-6
+    for r in plan.regions:
+        total = float(data["mass"][data["region"] == r.id].astype(np.float64).sum())
+        lam = f * r.owned_mass / imf.mean_mass()
+        sigma = np.sqrt(lam * m2)  # compound Poisson: Var(sum m) = lambda <m^2>
+        assert abs(total - f * r.owned_mass) < 5 * sigma, (r.id, total, f * r.owned_mass, sigma)
+    assert far_regions and sum(plan.regions[i].owned_mass for i in far_regions) > 0

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from galmock.demo import demo_particles
 from galmock.errors import InputError
 from galmock.plan import (
     build_kdtree_plan,
@@ -41,10 +42,11 @@ def particles():
     return galaxy_like(40_000)
 
 
-@pytest.fixture(scope="module")
-def plan(particles):
+@pytest.fixture(scope="module", params=[None, 0.05], ids=["fixed-margin", "margin-fraction"])
+def plan(particles, request):
     pos, mass, ids = particles
-    return build_kdtree_plan(pos, mass, ids, target_particles=3000, margin_kpc=0.4)
+    return build_kdtree_plan(pos, mass, ids, target_particles=3000, margin_kpc=0.4,
+                             margin_fraction=request.param)  # fmt: skip
 
 
 def test_every_particle_owned_exactly_once(plan, particles) -> None:
@@ -78,8 +80,14 @@ def test_balance_bound(plan) -> None:
 def test_overlap_margins(plan, particles) -> None:
     pos, _, _ = particles
     owner = plan.owner(pos)
-    m = plan.margin_kpc
     for r in plan.regions:
+        m = np.asarray(r.margin_kpc)
+        if plan.margin_fraction is None:
+            assert r.margin_kpc == (plan.margin_kpc,) * 3
+        else:
+            lo, hi = np.percentile(pos[owner == r.id], [5, 95], axis=0)
+            expected = min(plan.margin_kpc, plan.margin_fraction * (hi - lo).max())
+            np.testing.assert_allclose(m, np.full(3, expected))
         train = plan.training_mask(r.id, pos, owner)
         lo, hi = np.asarray(r.lower) - m, np.asarray(r.upper) + m
         expected = np.all((pos >= lo) & (pos < hi), axis=1)
@@ -90,7 +98,7 @@ def test_overlap_margins(plan, particles) -> None:
         if r.owned_particles < r.training_particles:
             outside = train & (owner != r.id)
             d = np.maximum(np.asarray(r.lower) - pos[outside], pos[outside] - np.asarray(r.upper))
-            assert np.all(d.max(axis=1) <= m)
+            assert np.all(d <= m)
     assert any(r.training_particles > r.owned_particles for r in plan.regions)
 
 
@@ -155,7 +163,8 @@ def test_plan_file_round_trip_and_determinism(plan, particles, tmp_path: Path) -
     again = read_plan(path)
     assert again == plan
     np.testing.assert_array_equal(again.owner(pos), plan.owner(pos))
-    rebuilt = build_kdtree_plan(pos, mass, ids, target_particles=3000, margin_kpc=0.4)
+    rebuilt = build_kdtree_plan(pos, mass, ids, target_particles=3000, margin_kpc=0.4,
+                                margin_fraction=plan.margin_fraction)
     assert rebuilt.write(tmp_path / "again.json").read_text() == path.read_text()
     text = path.read_text()
     assert "Infinity" not in text and "NaN" not in text  # strict JSON for other tools
@@ -174,3 +183,27 @@ def test_summary_lists_every_region(plan) -> None:
     assert f"{len(plan.regions)} region(s)" in text
     assert "-inf" in text
     assert len(text.splitlines()) == len(plan.regions) + 4
+
+
+def test_margins_scale_with_regions_so_training_sets_stay_near_the_particle_count() -> None:
+    """256 regions of the demo galaxy: a fixed 0.5 kpc margin is wider than the small central
+    regions and multiplies the training sets (8.4x in sum, one region 25x); margins of 5% of
+    each region's size keep the sum under 1.75x and every region under 4x (1.69x and 3.5x:
+    the geometry is deterministic, these bounds are the design's)."""
+    source = demo_particles(400_000, seed=1)
+    c = source.columns
+    pos = np.column_stack([c["x"], c["y"], c["z"]])
+    mass, ids = np.asarray(c["mass"]), np.arange(len(pos))
+    target = len(pos) // 256 + 1  # the k-d tree halves cells: 256 leaves
+
+    def ratios(fraction):
+        plan = build_kdtree_plan(pos, mass, ids, target, 0.5, margin_fraction=fraction)
+        assert len(plan.regions) == 256
+        training = np.array([r.training_particles for r in plan.regions])
+        owned = np.array([r.owned_particles for r in plan.regions])
+        return training.sum() / owned.sum(), (training / owned).max()
+
+    total, worst = ratios(0.05)
+    assert total < 1.75 and worst < 4.0, (total, worst)
+    fixed_total, fixed_worst = ratios(None)
+    assert fixed_total > 5 and fixed_worst > 10, (fixed_total, fixed_worst)  # the problem

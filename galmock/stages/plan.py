@@ -37,7 +37,8 @@ def run(job: JobConfig) -> RegionPlan:
     cfg = job.plan
     if cfg.kind == "kdtree":
         plan = build_kdtree_plan(
-            pos, mass, ids, cfg.target_particles, cfg.margin_kpc, cfg.holdout_fraction, job.seed
+            pos, mass, ids, cfg.target_particles, cfg.margin_kpc, cfg.holdout_fraction, job.seed,
+            margin_fraction=cfg.margin_fraction,
         )
     else:
         centre = job.observer.sun_position_kpc if cfg.centre == "sun" else cfg.centre

@@ -132,7 +132,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     data = RegionParticles(layout.particles, plan)
     attrs = data.store.attrs
     truth, truth_reason = truth_for(job, attrs)
-    selection = Selection(plan, attrs.get("select_radius_kpc"))
+    selection = Selection.within(plan, attrs.get("select_radius_kpc"), cfg.within_kpc)
 
     inside = selection.contains(data.pos)
     test_idx = np.flatnonzero(inside & data.held)

@@ -106,10 +106,31 @@ def parse_upsamplers(entries: Sequence[str], flows_kind: str) -> list[UpsamplerS
 @dataclass(frozen=True)
 class Selection:
     """Where validation draws may lie: what the plan models (the sphere plan's ball, or all of
-    space for a k-d plan), within ``galaxy.select_radius_kpc`` of the centre when set."""
+    space for a k-d plan), within ``select_radius_kpc`` of the centre when set (the smaller of
+    ``galaxy.select_radius_kpc`` and ``validate.within_kpc``)."""
 
     plan: RegionPlan
     select_radius_kpc: float | None = None
+
+    @classmethod
+    def within(cls, plan: RegionPlan, *radii_kpc: float | None) -> Selection:
+        """The plan's selection within the smallest of ``radii_kpc`` that is set.
+
+        Example:
+            >>> from galmock.plan import build_kdtree_plan
+            >>> rng = np.random.default_rng(0)
+            >>> plan = build_kdtree_plan(rng.normal(0, 5, (400, 3)), np.ones(400),
+            ...                          np.arange(400), 100, 0.5)
+            >>> sel = Selection.within(plan, None, 30.0)   # galaxy.select_radius_kpc unset
+            >>> sel.contains(np.array([[1.0, 0, 0], [0, 300.0, 0]])).tolist()
+            [True, False]
+            >>> Selection.within(plan, 20.0, 30.0).select_radius_kpc
+            20.0
+            >>> Selection.within(plan).describe()
+            'all of space (4 k-d region(s), each its owned box)'
+        """
+        given = [r for r in radii_kpc if r is not None]
+        return cls(plan, min(given) if given else None)
 
     def contains(self, pos: np.ndarray) -> np.ndarray:
         pos = np.asarray(pos, dtype=np.float64)
