@@ -1,4 +1,8 @@
-"""Write-then-rename for outputs, so a failed or killed stage never leaves a partial product."""
+"""Write-then-rename for outputs, so a failed or killed stage never leaves a partial product.
+
+Products get the modes the user's umask gives a plain ``mkdir``/``open`` (``tempfile`` makes
+them 0700/0600, which a collaborator in the group could not read once renamed into place).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())
     try:
         yield tmp
     except BaseException:
@@ -66,6 +71,7 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -74,3 +80,10 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from galmock import stages as registry
-from galmock.atomic import atomic_write_text
+from galmock.atomic import atomic_write_text, current_umask
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, GalmockError, InputError
 from galmock.layout import RunLayout
@@ -214,7 +214,7 @@ class Scheduler(ABC):
         for stage, text in scripts.items():
             paths[stage] = self.script_path(layout, stage)
             atomic_write_text(paths[stage], text)
-            paths[stage].chmod(0o755)
+            paths[stage].chmod(0o777 & ~current_umask())  # executable, readable as umask allows
         return paths
 
     # -- submit ---------------------------------------------------------------------------------
