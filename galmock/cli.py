@@ -5,9 +5,11 @@ Subcommands come from the stage registry (:mod:`galmock.stages`): one per stage 
 (:mod:`galmock.schedulers`), ``models`` to the model registry (:mod:`galmock.flows.registry`).
 Nothing imports this module.
 
-Exit codes: 0 success, 1 bad input (:class:`~galmock.errors.GalmockError`: the message names the
-file, key or field and the value), 2 bad command line (argparse), 75 preempted
-(:data:`galmock.preempt.EXIT_PREEMPTED`).
+Exit codes: 0 success; 1 bad input (:class:`~galmock.errors.GalmockError`: the message names the
+file, key or field and the value) or an environment error (a file system refusing: unwritable
+or full output, a path that is a file; the message names the path and the reason); 2 bad
+command line (argparse); 70 internal error (a bug in galmock: the traceback is printed, please
+report it); 75 preempted (:data:`galmock.preempt.EXIT_PREEMPTED`).
 
 Example:
     >>> parser = build_parser()
@@ -21,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from galmock.config import load_job
@@ -31,6 +34,7 @@ from galmock.stages import COMMANDS, STAGE_NAMES, STAGES, run_pipeline, run_stag
 from galmock.version import __version__
 
 EXIT_ERROR = 1
+EXIT_INTERNAL = 70  # EX_SOFTWARE: galmock itself failed, not the user's input
 
 _CHAIN_HELP = f"run the stages in order ({', '.join(STAGE_NAMES)})"
 _SCHEDULER_HELP = {
@@ -136,7 +140,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GalmockError as err:
         print(f"galmock {args.command}: error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as err:  # the environment: permissions, a full disk, a file in the way
+        print(f"galmock {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception:
+        traceback.print_exc()
+        print(f"galmock {args.command}: internal error (a bug in galmock {__version__}; please "
+              "report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
     return 0
+
+
+def describe_os_error(err: OSError) -> str:
+    """``path: reason`` for an error the file system raised.
+
+    Example:
+        >>> describe_os_error(PermissionError(13, "Permission denied", "/scratch/run/plan.json"))
+        '/scratch/run/plan.json: Permission denied'
+        >>> describe_os_error(OSError(28, "No space left on device"))
+        'No space left on device'
+    """
+    reason = err.strerror or str(err)
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    return ": ".join([" -> ".join(str(p) for p in paths), reason] if paths else [reason])
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import astropy.units as u
 import yaml
+from dask.utils import parse_bytes
 from pydantic import (
     ConfigDict,
     Field,
@@ -123,6 +124,16 @@ class ObserverConfig(Section):
     z_sun_kpc: float
     galcen_v_sun_kms: Vector3
     roll_deg: float
+
+    @model_validator(mode="after")
+    def _sun_inside_the_galactocentric_distance(self) -> ObserverConfig:
+        if abs(self.z_sun_kpc) >= self.galcen_distance_kpc:
+            raise ValueError(
+                f"|z_sun_kpc| = {abs(self.z_sun_kpc)} must be below galcen_distance_kpc = "
+                f"{self.galcen_distance_kpc} (the Sun's height above the plane is part of its "
+                "distance to the centre)"
+            )
+        return self
 
     @property
     def sun_position_kpc(self) -> tuple[float, float, float]:
@@ -310,6 +321,18 @@ class ConvertConfig(Section):
     interface: str | None
     worker_timeout_s: PositiveFloat | None
     hats: bool
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        try:
+            if parse_bytes(value) <= 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an amount of memory: use e.g. 4GB, 3.5GiB or 512MB"
+            ) from None
+        return value
     hats_partition_rows: PositiveInt
     # <= 12: hats-import plans with a dense histogram of 12 * 4**order pixels.
     hats_highest_order: Annotated[int, Field(ge=0, le=12)]
@@ -484,7 +507,7 @@ class JobConfig(Section):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
     seed: Annotated[int, Field(ge=0, lt=2**63)]
-    output: str | None
+    output: Annotated[str, Field(min_length=1)] | None  # "" would silently mean runs/<name>
     galaxy: GalaxyConfig
     observer: ObserverConfig
     plan: PlanConfig
@@ -496,7 +519,8 @@ class JobConfig(Section):
     suite: SuiteConfig
     generate: GenerateConfig
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
     @property
     def run_dir(self) -> Path:
@@ -519,6 +543,11 @@ def default_config() -> dict[str, Any]:
     return data
 
 
+# A job file is a few KB of YAML; these bound what reading one may cost.
+MAX_JOB_BYTES = 1 << 20
+MAX_JOB_NODES = 100_000
+
+
 def load_job(
     path: str | Path,
     overrides: Iterable[str] = (),
@@ -527,12 +556,24 @@ def load_job(
     """Load and validate a job file, applying ``key.path=value`` overrides and ``output``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_JOB_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is not a job file (at most "
+                              f"{MAX_JOB_BYTES:,}; a job file is a few KB of YAML)")
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read job file: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text (UTF-8) job file: byte {err.start} is "
+                          f"{err.object[err.start:err.start + 1]!r}") from None
     try:
+        tree = yaml.compose(text)
+        nodes = _expanded_nodes(tree)
+        if nodes > MAX_JOB_NODES:
+            raise ConfigError(f"{path}: its YAML aliases expand to {nodes:,} values (at most "
+                              f"{MAX_JOB_NODES:,}): not a job file")
         user = yaml.safe_load(text)
-        lines = _line_numbers(yaml.compose(text))
+        lines = _line_numbers(tree)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if user is None:
@@ -609,6 +650,27 @@ def _is_pydantic_tag(part: Any) -> bool:
         "bool",
         "none",
     }
+
+
+def _expanded_nodes(node: yaml.Node | None) -> int:
+    """How many values the YAML tree has once its aliases are expanded (counted on the shared
+    graph, so a "billion laughs" file is measured without being expanded)."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node, depth: int) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if depth > 100:  # a job file nests a few levels; deeper is not one (and recursive)
+            return MAX_JOB_NODES + 1
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        sizes[id(n)] = min(1 + sum(size(c, depth + 1) for c in children), MAX_JOB_NODES + 1)
+        return sizes[id(n)]
+
+    return 0 if node is None else size(node, 0)
 
 
 def _line_numbers(

@@ -14,7 +14,8 @@ the scheduler's progress probes and validation ask it instead of joining strings
         region-NNNN-properties/   upsample.properties: flow: the region's property flow
     <run>/stars.zarr/             upsample (staged in .stars.zarr.partial/)
     <run>/catalog.zarr/           convert; also catalog.hats/ and selections/<name>.hats/,
-                                  staged in .convert.partial/ and guarded by .convert.lock
+                                  staged in .convert.partial/
+    <run>/.<stage>.lock           held while train, upsample, convert or validate runs
     <run>/report/                 validate: report.json, PNG figures, index.html
     <run>/validate-models/<kind>/ flows of other kinds that validate trains for its comparison
     <run>/slurm/                  submit: rendered sbatch scripts and jobs.json
@@ -34,8 +35,11 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from galmock.errors import InputError
 
 # The stage chain, in order (``galmock run``): the registry in galmock.stages gives each its
 # function; the config names them here so it can check per-stage sections without importing it.
@@ -64,6 +68,33 @@ class RunLayout:
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "root", Path(root))
+
+    def create(self) -> None:
+        """Make the run directory (and its parents) and check that stages can write there.
+
+        Raises:
+            InputError: it is a file, lies under a file, cannot be created or is not
+                writable; the message names the path and the reason.
+
+        Example:
+            >>> (tmp_path / "a-file").write_text("")
+            0
+            >>> RunLayout(tmp_path / "a-file" / "run").create()
+            Traceback (most recent call last):
+            ...
+            galmock.errors.InputError: .../a-file/run: cannot create the run directory (output): ...
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise InputError(f"{root}: the run directory (output) is a file, not a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(
+                f"{root}: cannot create the run directory (output): {err.strerror or err}"
+            ) from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise InputError(f"{root}: the run directory (output) is not writable")
 
     # -- configuration and logs ---------------------------------------------------------------
     @property
@@ -140,9 +171,9 @@ class RunLayout:
     def convert_staging(self) -> Path:
         return self.root / ".convert.partial"
 
-    @property
-    def convert_lock(self) -> Path:
-        return self.root / ".convert.lock"
+    def lock(self, stage: str) -> Path:
+        """The file whose lock lets one ``stage`` at a time work on this run directory."""
+        return self.root / f".{stage}.lock"
 
     @property
     def report(self) -> Path:

@@ -34,9 +34,10 @@ S = TypeVar("S", bound="Section")
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors and values are checked strictly."""
+    """A config section: unknown keys are errors and values are checked strictly; numbers must
+    be finite (``.inf`` or ``.nan`` would pass a bound check and fail hours later)."""
 
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
 
 def section_dump(cls: type[Section], value: Section) -> dict[str, Any]:

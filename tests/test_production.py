@@ -213,6 +213,30 @@ def test_a_rank_killed_mid_run_resumes_to_the_same_catalog(demo, tmp_path) -> No
     assert tree_bytes(run / "stars.zarr") == tree_bytes(demo["run"] / "stars.zarr")
 
 
+def test_a_second_upsample_on_the_same_run_directory_is_refused(demo, tmp_path) -> None:
+    """Two jobs would share the staging area and could both exit 0 with a catalog mixing their
+    rows (#16): while one holds the run directory, a second (another seed) exits 1 naming the
+    lock, and the first finishes the catalog it would have made alone."""
+    run = clone(demo["run"], tmp_path / "twice")
+    staging = BlockCatalog.staging_dir(run / "stars.zarr")
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "galmock", "upsample", str(demo["job"]),
+           "--output", str(run)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as first:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (staging / "layout.json").is_file():  # the first job is sampling
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.01)
+        second = galmock(0, "upsample", demo["job"], run, "seed=4")
+        _, err = first.communicate(timeout=120)
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert "another `galmock upsample` is running on this run directory" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.returncode == 0, err[-3000:]
+    assert tree_bytes(run / "stars.zarr") == tree_bytes(demo["run"] / "stars.zarr")
+
+
 def test_a_corrupt_model_fails_the_job_naming_the_region(demo, tmp_path) -> None:
     run = clone(demo["run"], tmp_path / "corrupt")
     weights = run / "models" / "region-0002" / "member-00.safetensors"

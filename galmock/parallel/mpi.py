@@ -10,7 +10,8 @@ Without mpi4py, or with one rank, :func:`run_tasks` is a plain loop.
 This module is also the only place that knows about ranks: :func:`setup_rank` joins the job and
 picks this rank's device (``cuda:{local rank % devices}``) and torch threads;
 :func:`abort_on_error` turns an error outside the queue into ``MPI.Abort`` (the other ranks may
-be waiting in a collective); :func:`on_root` runs file-system changes once.
+be waiting in a collective); :func:`on_root` runs file-system changes once;
+:func:`root_exclusive` holds the run directory's stage lock for the whole job.
 
 Example:
     >>> comm = world()          # not under mpiexec: the one-rank stand-in
@@ -30,13 +31,15 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from galmock.flows.base import resolve_device
+from galmock.locks import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,15 @@ def setup_rank(device: str = "auto", threads: int | str = "auto") -> Rank:
     log.info("%s (local %d of %d on %s): device %s, %d torch thread(s)", rank, local, on_node,
              os.uname().nodename, chosen, n_threads)
     return rank
+
+
+@contextmanager
+def root_exclusive(rank: Rank, path: Path, stage: str) -> Iterator[None]:
+    """Rank 0 holds the run directory's lock for ``stage`` (:mod:`galmock.locks`); the job's
+    other ranks share it. Use inside :func:`abort_on_error`: if another job holds the lock,
+    rank 0's error aborts every rank rather than leaving them waiting for it."""
+    with exclusive(path, stage) if rank.rank == 0 else nullcontext():
+        yield
 
 
 @contextmanager

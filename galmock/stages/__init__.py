@@ -119,14 +119,18 @@ def stage_logging(job: JobConfig, name: str) -> Iterator[Path]:
 
 
 def run_stage(job: JobConfig, name: str) -> object:
-    """Run one stage, recording the resolved job in the run directory first; prints the
-    result's summary when it has one, and returns the result."""
+    """Run one stage, then record the resolved job in the run directory; prints the result's
+    summary when it has one, and returns the result.
+
+    ``job.yaml`` is written only once the stage succeeded: a stage refused (another job holds
+    the run directory) or failed must not overwrite the record of the products there.
+    """
     step = stage(name)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RunLayout(job.run_dir).job, job.to_yaml())
+    RunLayout(job.run_dir).create()
     with stage_logging(job, name):
         log.info("stage %s: run directory %s", name, job.run_dir)
         result = step.run(job)
+        atomic_write_text(RunLayout(job.run_dir).job, job.to_yaml())
         summary = getattr(result, "summary", None)
         if callable(summary):
             print(summary())

@@ -59,8 +59,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -79,6 +77,7 @@ from galmock.errors import ConfigError, InputError
 from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
 from galmock.hats import STAR_ID, write_hats
 from galmock.layout import RunLayout
+from galmock.locks import exclusive
 from galmock.parallel.dask import dask_client, track, wait_all
 from galmock.selection import CatalogSpec, SelectionSpec, load_catalog_spec, selection_mask
 from galmock.store import (
@@ -147,7 +146,7 @@ def run(job: JobConfig, client: Any = None) -> ConvertResult:
     layout = RunLayout(job.run_dir)
     stars = open_catalog(layout.stars, format=STARS_FORMAT)
     # The cluster first: under dask-mpi only the client rank gets past this line.
-    with _client(job, client) as cluster_client, _exclusive(layout):
+    with _client(job, client) as cluster_client, exclusive(layout.lock("convert"), "convert"):
         staging = layout.convert_staging
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
         staging.mkdir(parents=True)
@@ -353,29 +352,6 @@ def _client(job: JobConfig, client: Any) -> Iterator[Any]:
         return
     with dask_client(job) as started:
         yield started
-
-
-@contextlib.contextmanager
-def _exclusive(layout: RunLayout) -> Iterator[None]:
-    """Hold ``<run>/.convert.lock``; the kernel drops it if the process dies."""
-    run = layout.root
-    run.mkdir(parents=True, exist_ok=True)
-    path = layout.convert_lock
-    with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(
-                f"{run}: another `galmock convert` is running on this run directory "
-                f"(it holds {path})"
-            ) from None
-        except OSError as err:  # e.g. ENOLCK on a file system without flock
-            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            log.warning(
-                "convert: cannot lock %s (%s); not guarding against a second run", path, err
-            )
-        yield
 
 
 def _swap_in(staging: Path, layout: RunLayout) -> None:

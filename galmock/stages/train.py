@@ -43,7 +43,14 @@ from galmock.flows.property_flow import train_property_flow
 from galmock.flows.training import fit_ensemble
 from galmock.layout import RunLayout
 from galmock.models import artifact_matches, model_location
-from galmock.parallel.mpi import Rank, abort_on_error, peak_memory_mib, run_tasks, setup_rank
+from galmock.parallel.mpi import (
+    Rank,
+    abort_on_error,
+    peak_memory_mib,
+    root_exclusive,
+    run_tasks,
+    setup_rank,
+)
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import RegionParticles
 from galmock.seeds import derive_seed
@@ -55,7 +62,8 @@ log = logging.getLogger("galmock.train")
 def run(job: JobConfig) -> None:
     """``galmock train``: every region's flow ensemble into ``<run>/models/``."""
     rank = setup_rank(job.flows.device, job.flows.threads)
-    with preempt.handling(), abort_on_error(rank, "train"):
+    with preempt.handling(), abort_on_error(rank, "train"), \
+            root_exclusive(rank, RunLayout(job.run_dir).lock("train"), "train"):
         _train(job, rank)
 
 

@@ -57,6 +57,7 @@ from galmock.parallel.mpi import (
     abort_on_error,
     on_root,
     peak_memory_mib,
+    root_exclusive,
     run_tasks,
     setup_rank,
 )
@@ -87,7 +88,8 @@ def run(job: JobConfig) -> None:
     if job.upsample.mode == "imf":
         build_imf(job.upsample)  # a bad mass range fails here, before any rank starts work
     rank = setup_rank(job.flows.device, job.flows.threads)
-    with preempt.handling(), abort_on_error(rank, "upsample"):
+    with preempt.handling(), abort_on_error(rank, "upsample"), \
+            root_exclusive(rank, RunLayout(job.run_dir).lock("upsample"), "upsample"):
         _upsample(job, rank)
 
 

@@ -48,6 +48,7 @@ from galmock.config import JobConfig
 from galmock.errors import ConfigError, InputError
 from galmock.frames import galactocentric_frame, galactocentric_to_icrs
 from galmock.layout import RunLayout
+from galmock.locks import exclusive
 from galmock.models import model_location
 from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
@@ -122,6 +123,11 @@ def check_inputs(job: JobConfig) -> tuple[RegionPlan, list[UpsamplerSpec]]:
 
 def run(job: JobConfig) -> dict[str, Any]:
     """Run the stage; returns the report (also in ``<run>/report/report.json``)."""
+    with exclusive(RunLayout(job.run_dir).lock("validate"), "validate"):
+        return _validate(job)
+
+
+def _validate(job: JobConfig) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = job.validation
     plan, specs = check_inputs(job)
