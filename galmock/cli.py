@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status_command(job, args)
         elif args.command in STAGE_NAMES:
             run_stage(job, args.command)
-        else:  # suite, generate: no chain stage, so no job.yaml or stage log of their own
+        else:  # suite, generate, verify: no chain stage, so no job.yaml or stage log of their own
             stage(args.command).run(job)
     except GalmockError as err:
         print(f"galmock {args.command}: error: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ from galmock.flows.artifact import data_sha256, read_manifest
 from galmock.flows.registry import resolve
 from galmock.layout import RunLayout, region_name
 from galmock.plan import RegionPlan
+from galmock.seeds import derive_seed
 
 
 def model_location(job: JobConfig, plan: RegionPlan, region_id: int) -> str:
@@ -49,6 +50,26 @@ def is_artifact(location: str) -> bool:
     except InputError:
         return False
     return True
+
+
+def training_seed(job_seed: int, region_id: int) -> int:
+    """The seed region ``region_id``'s flows train with (recorded in its manifest)."""
+    return derive_seed(job_seed, "train", region_id)
+
+
+def require_current(
+    location: str | Path, pos: np.ndarray, vel: np.ndarray, job: JobConfig, region_id: int
+) -> None:
+    """Refuse a run's own model that no longer matches the job: trained on other particles
+    (ingest or plan were rerun), with another seed or other flows settings.
+
+    Raises:
+        InputError: naming the model and why it is stale.
+    """
+    ok, why = artifact_matches(location, pos, vel, job.flows, training_seed(job.seed, region_id))
+    if not ok:
+        raise InputError(f"{location}: the model is stale for this job ({why}): run "
+                         "`galmock train` again")
 
 
 def artifact_matches(

@@ -250,7 +250,9 @@ def read_plan(path: str | Path) -> RegionPlan:
         raise InputError(f"{path}: region plan not found (run `galmock plan` first)") from None
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: cannot read region plan: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a region plan is a JSON object, got {type(data).__name__}")
+    if data.get("format") != PLAN_FORMAT:
         raise InputError(f"{path}: format = {data.get('format')!r}, expected {PLAN_FORMAT!r} "
                          "(run `galmock plan` again)")
     try:
@@ -267,7 +269,7 @@ def read_plan(path: str | Path) -> RegionPlan:
             for r in data["regions"]
         )
         tree = KDTree(**{k: tuple(v) for k, v in data["tree"].items()}) if data["tree"] else None
-        return RegionPlan(
+        plan = RegionPlan(
             kind=data["kind"],
             regions=regions,
             n_particles=data["n_particles"],
@@ -284,6 +286,68 @@ def read_plan(path: str | Path) -> RegionPlan:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: malformed region plan: {err!r}") from None
+    problem = _inconsistency(plan)
+    if problem:
+        raise InputError(f"{path}: inconsistent region plan: {problem} (run `galmock plan` again)")
+    return plan
+
+
+def _inconsistency(plan: RegionPlan) -> str | None:
+    """What makes a (hand-edited or damaged) plan unusable, or None: ids out of order, counts
+    or masses that cannot be, and for a k-d plan boxes that are not exactly the split tree's
+    leaves (overlapping or duplicated regions would double-count or lose stars)."""
+    n = len(plan.regions)
+    if n == 0:
+        return "no regions"
+    for i, r in enumerate(plan.regions):
+        if r.id != i:
+            return f"region {i} has id {r.id}"
+        if min(r.owned_particles, r.training_particles, r.holdout_particles) < 0:
+            return f"region {i} has a negative particle count"
+        if not (math.isfinite(r.owned_mass) and r.owned_mass >= 0):
+            return f"region {i} has owned_mass {r.owned_mass}"
+        if not all(m >= 0 and math.isfinite(m) for m in r.margin_kpc):
+            return f"region {i} has margin_kpc {list(r.margin_kpc)}"
+    owned = sum(r.owned_mass for r in plan.regions)
+    if not math.isclose(owned, plan.total_mass, rel_tol=1e-9) and plan.kind == "kdtree":
+        return f"the regions own {owned:.6g} Msun of total_mass {plan.total_mass:.6g}"
+    if plan.kind == "sphere":
+        return None if n == 1 else f"a sphere plan has one region, not {n}"
+    if plan.tree is None:
+        return "a k-d plan without its split tree"
+    try:
+        boxes = _leaf_boxes(plan.tree)
+    except (IndexError, ValueError) as err:
+        return f"the split tree is broken ({err})"
+    if sorted(boxes) != list(range(n)):
+        return f"the split tree's leaves name regions {sorted(boxes)}, not 0..{n - 1} once each"
+    for r in plan.regions:
+        if (tuple(r.lower), tuple(r.upper)) != boxes[r.id]:
+            return f"region {r.id}'s box is not its leaf of the split tree"
+    return None
+
+
+def _leaf_boxes(tree: KDTree) -> dict[int, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Each leaf's box (region id -> (lower, upper)) from the split tree, root = all space."""
+    boxes: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+    stack = [(0, (-math.inf,) * 3, (math.inf,) * 3)]
+    seen = 0
+    while stack:
+        node, lo, hi = stack.pop()
+        seen += 1
+        if seen > len(tree.axis):
+            raise ValueError("it has a cycle")
+        if tree.region[node] >= 0:
+            if tree.region[node] in boxes:
+                raise ValueError(f"region {tree.region[node]} is two leaves")
+            boxes[tree.region[node]] = (lo, hi)
+            continue
+        axis, value = tree.axis[node], tree.value[node]
+        left_hi = tuple(value if a == axis else v for a, v in enumerate(hi))
+        right_lo = tuple(value if a == axis else v for a, v in enumerate(lo))
+        stack.append((tree.left[node], lo, left_hi))
+        stack.append((tree.right[node], right_lo, hi))
+    return boxes
 
 
 def holdout_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -4,7 +4,7 @@ Layout (Zarr v3): a group with one dense 1-D array per column, all of the same l
 chunked along rows with the same chunk length; each array has attributes ``unit`` and
 ``description``. Group attributes::
 
-    format      "galmock.stars/1" (upsample output) or "galmock.catalog/1" (convert output)
+    format      "galmock.stars/2" (upsample output) or "galmock.catalog/2" (convert output)
     complete    false while the catalog is being written; readers refuse it until true
     n_rows      rows in every array
     chunk_rows  chunk length of every array
@@ -30,7 +30,7 @@ Example:
     >>> path = write_star_catalog(tmp_path / "stars.zarr", columns, chunk_rows=50)
     >>> cat = open_catalog(path)
     >>> len(cat), cat.attrs["format"]
-    (200, 'galmock.stars/1')
+    (200, 'galmock.stars/2')
     >>> cat.to_dask()["x"]  # a lazy dask array, one task per chunk
     dask.array<from-zarr, shape=(200,), dtype=float64, chunksize=(50,), chunktype=numpy.ndarray>
     >>> cat.to_dataframe(["x", "mass"]).npartitions  # a lazy dask DataFrame
@@ -54,7 +54,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from galmock.atomic import atomic_directory, atomic_write_text, replace_path
 from galmock.errors import InputError
@@ -78,8 +78,10 @@ __all__ = [
     "write_star_catalog",
 ]
 
-STARS_FORMAT = "galmock.stars/1"
-CATALOG_FORMAT = "galmock.catalog/1"
+# /2: every chunk is written and ends in a CRC32C checksum (Zarr's crc32c codec), so a missing,
+# truncated or altered chunk is an error naming it instead of zeros or garbage read as stars.
+STARS_FORMAT = "galmock.stars/2"
+CATALOG_FORMAT = "galmock.catalog/2"
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
@@ -96,7 +98,7 @@ def _spec(dtype: str, unit: str, description: str) -> ColumnSpec:
     return ColumnSpec(np.dtype(dtype), unit, description)
 
 
-#: The star catalog contract: every ``galmock.stars/1`` catalog has these columns and dtypes.
+#: The star catalog contract: every ``galmock.stars/2`` catalog has these columns and dtypes.
 #: Positions stay float64: float32 galactocentric kpc are ~1 pc coarse near the Sun.
 STAR_COLUMNS: dict[str, ColumnSpec] = {
     "x": _spec("float64", "kpc", "galactocentric x (astropy Galactocentric; Sun at x < 0)"),
@@ -115,14 +117,15 @@ STAR_COLUMNS: dict[str, ColumnSpec] = {
 _REQUIRED = {STARS_FORMAT: tuple(STAR_COLUMNS), CATALOG_FORMAT: tuple(STAR_COLUMNS)}
 
 
-def _codecs(compressor: str) -> Any:
-    # The same names as the job's upsample.compressor.
+def _codecs(compressor: str) -> list[Any]:
+    """The bytes codecs of every column: the compressor (the job's upsample.compressor names),
+    then a CRC32C of the stored bytes, which Zarr checks on every read."""
     if compressor == "blosc-lz4":
-        return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
     if compressor == "zstd":
-        return ZstdCodec(level=3)
+        return [ZstdCodec(level=3), Crc32cCodec()]
     if compressor == "none":
-        return None
+        return [Crc32cCodec()]
     raise ValueError(f"unknown compressor {compressor!r}; use blosc-lz4, zstd or none")
 
 
@@ -175,6 +178,12 @@ def create_catalog(
     return path
 
 
+def open_for_writing(array_path: str | Path) -> zarr.Array:
+    """A catalog column opened to write chunks that are all stored, even all zeros (Zarr skips
+    those by default, and a missing chunk must mean damage: :func:`open_catalog`)."""
+    return zarr.open_array(array_path, mode="r+").with_config({"write_empty_chunks": True})
+
+
 def write_rows(path: str | Path, start: int, columns: Mapping[str, np.ndarray]) -> None:
     """Write rows ``start:start + len`` of the given columns; whole chunks only.
 
@@ -183,7 +192,7 @@ def write_rows(path: str | Path, start: int, columns: Mapping[str, np.ndarray]) 
     """
     path = Path(path)
     for name, values in columns.items():
-        arr = zarr.open_array(path / name, mode="r+")
+        arr = open_for_writing(path / name)
         n, chunk = arr.shape[0], arr.chunks[0]
         stop = start + len(values)
         # Unaligned writes would read-modify-write a chunk another process may be writing.
@@ -208,7 +217,7 @@ def write_star_catalog(
     *,
     compressor: str = "blosc-lz4",
 ) -> Path:
-    """Write a whole ``galmock.stars/1`` catalog atomically (temporary name, then rename).
+    """Write a whole ``galmock.stars/2`` catalog atomically (temporary name, then rename).
 
     ``columns`` must hold every column of :data:`STAR_COLUMNS` (cast to the contract dtypes);
     extra columns are stored too, with an empty unit.
@@ -293,7 +302,7 @@ class StarCatalog:
     ) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of ``columns`` (all by default) as numpy arrays."""
         names = list(columns) if columns is not None else self.columns
-        return {c: self.array(c)[start:stop] for c in names}
+        return {c: _read_column(self.group, self.path, c, start, stop) for c in names}
 
     def to_dask(self, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """Lazy dask arrays, one per column, chunked like the store."""
@@ -328,8 +337,26 @@ class StarCatalog:
 def _read_frame(rows: tuple[int, int], path: str, columns: list[str]) -> pd.DataFrame:
     start, stop = rows
     group = zarr.open_group(path, mode="r")
-    data = {c: group[c][start:stop] for c in columns}  # type: ignore[index]
+    data = {c: _read_column(group, Path(path), c, start, stop) for c in columns}
     return pd.DataFrame(data, index=pd.RangeIndex(start, stop))
+
+
+def _read_column(
+    group: zarr.Group, path: Path, name: str, start: int = 0, stop: int | None = None
+) -> np.ndarray:
+    """Rows ``start:stop`` of column ``name``; a chunk that fails its checksum or cannot be
+    decoded is an :class:`InputError` naming it."""
+    arr = group[name]
+    try:
+        return arr[start:stop]  # type: ignore[index, return-value]
+    except (ValueError, RuntimeError, OSError) as err:
+        chunk = int(arr.chunks[0])  # type: ignore[union-attr]
+        stop = arr.shape[0] if stop is None else stop  # type: ignore[union-attr]
+        raise InputError(
+            f"{path / name}: a chunk in rows {start}:{stop} (chunks {start // chunk}.."
+            f"{max(stop - 1, start) // chunk}) is damaged: {err}; rerun the stage that wrote "
+            f"{path.name}"
+        ) from None
 
 
 def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
@@ -348,7 +375,7 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
         >>> open_catalog(path, format=CATALOG_FORMAT)
         Traceback (most recent call last):
         ...
-        galmock.errors.InputError: .../stars.zarr: attribute format = 'galmock.stars/1', expect...
+        galmock.errors.InputError: .../stars.zarr: attribute format = 'galmock.stars/2', expect...
     """
     path = Path(path)
     if not path.exists():
@@ -395,7 +422,23 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
             raise InputError(
                 f"{path}: column {name!r} has dtype {np.dtype(arr.dtype)}, expected {want.dtype}"
             )
+        absent = _missing_chunks(path / name, -(-n // chunk))
+        if absent:
+            shown = ", ".join(str(k) for k in absent[:5]) + (" ..." if len(absent) > 5 else "")
+            raise InputError(
+                f"{path / name}: {len(absent)} of {-(-n // chunk)} chunk(s) missing (chunk "
+                f"{shown}): the catalog is damaged; rerun the stage that wrote {path.name}"
+            )
     return StarCatalog(path=path, group=group)
+
+
+def _missing_chunks(array_dir: Path, n_chunks: int) -> list[int]:
+    """Chunk indices of a 1-D array with no stored object (Zarr v3's default keys c/<k>)."""
+    try:
+        stored = {int(k) for k in os.listdir(array_dir / "c") if k.isdigit()}
+    except FileNotFoundError:
+        stored = set()
+    return [k for k in range(n_chunks) if k not in stored]
 
 
 # -- catalogs written in blocks by many processes ---------------------------------------------
@@ -707,7 +750,7 @@ class BlockCatalog:
             parts.append(part)
         cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
         c0, c1 = self.layout.chunk(k)
-        arrays = {c: zarr.open_array(self.store / c, mode="r+") for c in self.columns}
+        arrays = {c: open_for_writing(self.store / c) for c in self.columns}
         _write_columns(arrays, c0, c1, cols)
 
     def finalize(self, attrs: Mapping[str, Any] | None = None) -> Path:
@@ -774,7 +817,7 @@ class BlockWriter:
         self.start, self.stop = catalog.layout.block(block)
         self._segments = list(catalog.layout.segments(block))
         self._arrays = {
-            c: zarr.open_array(catalog.store / c, mode="r+") for c in catalog.columns
+            c: open_for_writing(catalog.store / c) for c in catalog.columns
         }
         self._dtypes = {c: np.dtype(a.dtype) for c, a in self._arrays.items()}
         self._hashers = {c: hashlib.sha256() for c in catalog.columns}

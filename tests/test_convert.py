@@ -212,6 +212,22 @@ def test_bad_inputs_are_clear_errors_and_leave_no_output(stars, client, tmp_path
         convert(make_job(run, selections=[str(spec)]), client=client)
     assert not (run / "catalog.zarr").exists() and not (run / "catalog.hats").exists()
 
+    # Damaged stars.zarr (#16): a deleted chunk was read as 300 stars at x = 0, flipped bytes
+    # passed unnoticed. Each is now an error naming the chunk, and nothing is written.
+    write_star_catalog(run / "stars.zarr", cols, chunk_rows=300)
+    (run / "stars.zarr" / "x" / "c" / "2").unlink()
+    with pytest.raises(InputError, match=r"stars\.zarr/x: 1 of 4 chunk\(s\) missing \(chunk 2\)"):
+        convert(make_job(run), client=client)
+    write_star_catalog(run / "stars.zarr", cols, chunk_rows=300)
+    chunk = run / "stars.zarr" / "vx" / "c" / "1"
+    damaged = bytearray(chunk.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40
+    chunk.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"stars\.zarr/vx: a chunk in rows .* is damaged: "
+                                         r"Stored and computed checksum do not match"):
+        convert(make_job(run), client=client)
+    assert not (run / "catalog.zarr").exists() and not (run / ".convert.partial").exists()
+
     # A sky pixel of the finest allowed order that alone overflows a partition.
     write_star_catalog(run / "stars.zarr", cols, chunk_rows=300)
     with pytest.raises(ConfigError, match="hats_partition_rows = 10: single pixel row count"):

@@ -125,9 +125,10 @@ def galaxy(n: int, seed: int = 0) -> np.ndarray:
     return np.vstack([disk, far])
 
 
-def test_log_radial_map_round_trip_jacobian_and_no_distant_scale() -> None:
+@pytest.mark.parametrize("power", [1.0, 2 / 3])
+def test_log_radial_map_round_trip_jacobian_and_no_distant_scale(power) -> None:
     pos = galaxy(4000)
-    pre = PositionPreprocessing.fit_log_radial(pos, (0.0, 0.0, 0.0), scale=1.0)
+    pre = PositionPreprocessing.fit_log_radial(pos, (0.0, 0.0, 0.0), scale=1.0, power=power)
     assert pre.r_max == math.inf
     y = pre.forward(pos)
     assert torch.isfinite(y).all()
@@ -142,9 +143,13 @@ def test_log_radial_map_round_trip_jacobian_and_no_distant_scale() -> None:
     r_far = float(np.linalg.norm(pos, axis=1).max())
     ball_pre = PositionPreprocessing.fit(pos, (0.0, 0.0, 0.0), r_far)
     assert float(ball_pre.forward(pos[:4000]).std(0).max()) < 0.01  # what the ball map does
-    # log |det| against autograd, at the origin, in the series branch, and far out.
-    probe = torch.as_tensor(np.vstack([[0.0, 0.0, 0.0], [1e-9, 0, 0], [2e-3, 0, 0], pos[::500]]))
+    # log |det| against autograd, at the origin (q = 1: smooth there; q < 1: the stretch is
+    # infinite at the single point r = 0), in the series branch, and far out.
+    points = [[0.0, 0.0, 0.0]] if power == 1.0 else []
+    probe = torch.as_tensor(np.vstack([*points, [1e-9, 0, 0], [2e-3, 0, 0], pos[::500]]))
     logdet = pre.log_abs_det(probe)
+    if power != 1.0:
+        assert pre.log_abs_det(torch.zeros(1, 3, dtype=torch.float64)).item() == math.inf
     for i in range(len(probe)):
         jac = torch.autograd.functional.jacobian(lambda r: pre.forward(r[None])[0], probe[i])
         expected = torch.linalg.slogdet(jac).logabsdet

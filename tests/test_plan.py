@@ -178,6 +178,36 @@ def test_bad_plan_file(tmp_path: Path) -> None:
         read_plan(tmp_path / "plan.json")
 
 
+def test_an_edited_or_damaged_plan_is_refused(plan, tmp_path: Path) -> None:
+    """A plan whose regions overlap, repeat or own impossible masses would upsample with exit 0
+    and double-count or lose stars (#16): each is refused, naming what is wrong."""
+    import json
+
+    good = plan.to_dict()
+
+    def refused(data, match: str) -> None:
+        path = tmp_path / "plan.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(InputError, match=match):
+            read_plan(path)
+
+    overlapping = json.loads(json.dumps(good))
+    overlapping["regions"][0]["upper"][0] = 1e3  # region 0's box now reaches into others
+    refused(overlapping, "region 0's box is not its leaf of the split tree")
+    duplicated = json.loads(json.dumps(good))
+    duplicated["regions"].append({**duplicated["regions"][1], "id": len(good["regions"])})
+    refused(duplicated, "the regions own .* Msun of total_mass")  # double-counted
+    duplicated["total_mass"] += duplicated["regions"][1]["owned_mass"]
+    refused(duplicated, "the split tree's leaves name regions")
+    negative = json.loads(json.dumps(good))
+    negative["regions"][2]["owned_mass"] = -5.0
+    refused(negative, "region 2 has owned_mass -5.0")
+    reordered = json.loads(json.dumps(good))
+    reordered["regions"].reverse()
+    refused(reordered, "region 0 has id")
+    refused([good], "a region plan is a JSON object, got list")
+
+
 def test_summary_lists_every_region(plan) -> None:
     text = plan.summary()
     assert f"{len(plan.regions)} region(s)" in text

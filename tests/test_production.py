@@ -237,6 +237,40 @@ def test_a_second_upsample_on_the_same_run_directory_is_refused(demo, tmp_path) 
     assert tree_bytes(run / "stars.zarr") == tree_bytes(demo["run"] / "stars.zarr")
 
 
+def test_models_trained_on_another_galaxy_are_refused(demo, tmp_path) -> None:
+    """Ingest and plan rerun with other particles, then upsample without train: the models'
+    manifests record a hash of their training particles, and it no longer matches (#16)."""
+    run = clone(demo["run"], tmp_path / "stale")
+    other = "galaxy.demo.n_particles=290000"
+    run_pipeline(load_job(demo["job"], overrides=[other], output=run), "ingest", "plan")
+    result = galmock(0, "upsample", demo["job"], run, other)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "the model is stale for this job (trained on other particles): run `galmock train`" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run / "stars.zarr").exists()
+
+
+def test_verify_checks_every_product_and_names_the_damaged_one(demo, tmp_path) -> None:
+    run = clone(demo["run"], tmp_path / "verify")
+    shutil.copytree(demo["run"] / "stars.zarr", run / "stars.zarr")
+    result = galmock(0, "verify", demo["job"], run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "plan.json: ok (4 regions)" in result.stdout
+    assert "models: ok (4 region model(s), trained on the current particles)" in result.stdout
+    assert "4 region block(s) match their sha256" in result.stdout
+    assert "catalog.zarr: not made yet" in result.stdout
+    chunk = run / "stars.zarr" / "mass" / "c" / "1"
+    damaged = bytearray(chunk.read_bytes())
+    damaged[len(damaged) // 3] ^= 0x01  # one flipped bit
+    chunk.write_bytes(bytes(damaged))
+    result = galmock(0, "verify", demo["job"], run)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "stars.zarr: failed (" in result.stdout
+    assert "1 product(s) failed verification: stars.zarr" in result.stderr
+    assert "Stored and computed checksum do not match" in result.stderr
+
+
 def test_a_corrupt_model_fails_the_job_naming_the_region(demo, tmp_path) -> None:
     run = clone(demo["run"], tmp_path / "corrupt")
     weights = run / "models" / "region-0002" / "member-00.safetensors"

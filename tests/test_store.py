@@ -84,3 +84,20 @@ def test_refuses_what_is_not_a_catalog(tmp_path):
     zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["format"] = "something/2"
     with pytest.raises(InputError, match="attribute format = 'something/2'"):
         open_catalog(tmp_path / "other.zarr")
+
+
+def test_a_damaged_chunk_is_an_error_naming_it(tmp_path):
+    """Missing, truncated or altered chunks are refused, never read as zeros or garbage: every
+    chunk is stored (even all zeros) and carries a CRC32C that Zarr checks on read."""
+    cols = {c: np.zeros(10, s.dtype) for c, s in STAR_COLUMNS.items()}  # all-zero chunks too
+    path = write_star_catalog(tmp_path / "stars.zarr", cols, chunk_rows=4)
+    assert sorted((path / "mass" / "c").iterdir()) == [path / "mass" / "c" / k for k in "012"]
+    assert open_catalog(path).read()["mass"].tolist() == [0.0] * 10
+    truncated = path / "feh" / "c" / "1"
+    truncated.write_bytes(truncated.read_bytes()[:-3])
+    with pytest.raises(InputError, match=r"stars\.zarr/feh: a chunk in rows 0:10 .* is damaged"):
+        open_catalog(path).read(columns=["feh"])
+    (path / "age" / "c" / "0").unlink()
+    with pytest.raises(InputError, match=r"stars\.zarr/age: 1 of 3 chunk\(s\) missing "
+                                         r"\(chunk 0\): the catalog is damaged"):
+        open_catalog(path)

@@ -103,12 +103,16 @@ def radial_contract(w: Tensor) -> Tensor:
     return w * torch.where(small, series, torch.tanh(rho) / rho)
 
 
-def log_radial_expand(u: Tensor) -> tuple[Tensor, Tensor]:
-    """``w = u · asinh|u| / |u|`` on R^3; also log |det ∂w/∂u|.
+def log_radial_expand(u: Tensor, power: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``w = u · f(|u|) / |u|`` with ``f(s) = asinh(s^q) / q`` (q = ``power``) on R^3; also
+    log |det ∂w/∂u|.
 
-    asinh is linear near 0 and logarithmic far out (asinh s ≈ log 2s); unlike log(1 + s) it is
-    odd, so the map is smooth at the origin. The radial direction stretches by
-    1/sqrt(1 + s^2), each tangential one by asinh(s)/s, with ``s = |u|``.
+    f is logarithmic far out (f(s) ≈ log s + log 2 / q). With q = 1 it is asinh, linear near 0
+    and odd, so the map is smooth at the origin: the radial direction stretches by
+    1/sqrt(1 + s^2), each tangential one by asinh(s)/s. With q < 1 it also opens up the centre
+    (f ≈ s^q / q): a density cusp ρ ∝ r^-γ becomes ∝ |w|^(3 - γ - 3q) in w, flat for
+    q = (3 - γ)/3 (2/3 for a Hernquist bulge's 1/r), where a flow can follow it; with q = 1 the
+    flow sees the cusp itself and smooths it away.
 
     Example:
         >>> u = torch.tensor([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], dtype=torch.float64)
@@ -117,7 +121,12 @@ def log_radial_expand(u: Tensor) -> tuple[Tensor, Tensor]:
         [0.0, 2.312438]
         >>> bool(torch.allclose(log_radial_contract(w), u))
         True
+        >>> w, logdet = log_radial_expand(u, power=2 / 3)
+        >>> bool(torch.allclose(log_radial_contract(w, power=2 / 3), u))
+        True
     """
+    if power != 1.0:
+        return _power_radial_expand(u, power)
     s2 = (u * u).sum(dim=-1, keepdim=True)
     small = s2 < _SMALL_S2
     # As in radial_expand: keep the unused branch finite for the gradient.
@@ -129,8 +138,28 @@ def log_radial_expand(u: Tensor) -> tuple[Tensor, Tensor]:
     return u * ratio, logdet.squeeze(-1)
 
 
-def log_radial_contract(w: Tensor) -> Tensor:
-    """Inverse of :func:`log_radial_expand`: ``u = w · sinh|w| / |w|``."""
+def _power_radial_expand(u: Tensor, q: float) -> tuple[Tensor, Tensor]:
+    """:func:`log_radial_expand` for q != 1 (w = 0 and an infinite log-det at u = 0)."""
+    s = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    sq = s**q
+    f = torch.asinh(sq) / q
+    zero = s == 0
+    safe = torch.where(zero, torch.ones_like(s), s)
+    ratio = torch.where(zero, torch.zeros_like(s), f / safe)
+    # log |det| = 2 log(f/s) + log f'(s), f'(s) = s^(q-1) / sqrt(1 + s^(2q))
+    logdet = 2 * torch.log(f / safe) + (q - 1) * torch.log(safe) - 0.5 * torch.log1p(sq * sq)
+    logdet = torch.where(zero, torch.full_like(s, math.inf), logdet)
+    return u * ratio, logdet.squeeze(-1)
+
+
+def log_radial_contract(w: Tensor, power: float = 1.0) -> Tensor:
+    """Inverse of :func:`log_radial_expand`: ``u = w · sinh|w| / |w|`` (q = 1), else
+    ``|u| = sinh(q |w|)^(1/q)``."""
+    if power != 1.0:
+        rho = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+        s = torch.sinh(power * rho) ** (1.0 / power)
+        zero = rho == 0
+        return w * torch.where(zero, torch.zeros_like(rho), s / torch.where(zero, 1.0, rho))
     rho2 = (w * w).sum(dim=-1, keepdim=True)
     small = rho2 < _SMALL_S2
     rho = torch.sqrt(torch.where(small, torch.full_like(rho2, 0.25), rho2))
@@ -160,12 +189,15 @@ class PositionPreprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     scale: float | None = None  # the log-radial map's scale a (kpc); None: the ball map
+    power: float = 1.0  # the log-radial map's q (log_radial_expand)
 
     @classmethod
     def fit_log_radial(
-        cls, pos: np.ndarray | Tensor, centre: Sequence[float] | np.ndarray, scale: float
+        cls, pos: np.ndarray | Tensor, centre: Sequence[float] | np.ndarray, scale: float,
+        power: float = 1.0,
     ) -> PositionPreprocessing:
-        """Constants of the log-radial map about ``centre`` with scale ``scale`` (kpc).
+        """Constants of the log-radial map about ``centre`` with scale ``scale`` (kpc) and
+        power ``power`` (:func:`log_radial_expand`).
 
         Example:
             >>> pos = np.random.default_rng(1).standard_cauchy((500, 3))  # far-flung tails
@@ -183,9 +215,13 @@ class PositionPreprocessing:
         if pos64.ndim != 2 or pos64.shape[1] != 3 or len(pos64) < 2:
             shape = tuple(pos64.shape)
             raise InputError(f"preprocessing: positions must be (n >= 2, 3), got {shape}")
-        w, _ = log_radial_expand((pos64 - torch.tensor(centre3, dtype=torch.float64)) / scale)
+        if not 0 < power <= 1:
+            raise InputError(f"preprocessing: power must be in (0, 1], got {power!r}")
+        u = (pos64 - torch.tensor(centre3, dtype=torch.float64)) / scale
+        w, _ = log_radial_expand(u, power)
         mean, std = _standardisation(w.numpy(), "log-radial positions")
-        return cls(centre3, math.inf, 1.0, mean, std, float(scale))  # type: ignore[arg-type]
+        return cls(centre3, math.inf, 1.0, mean, std, float(scale),  # type: ignore[arg-type]
+                   float(power))
 
     @classmethod
     def fit(
@@ -232,7 +268,7 @@ class PositionPreprocessing:
         centre, mean, std = self._constants(pos)
         if self.scale is not None:
             scale = self.scale
-            w, logdet = log_radial_expand((pos - centre) / scale)
+            w, logdet = log_radial_expand((pos - centre) / scale, self.power)
         else:
             scale = self.r_max * self.c
             w, logdet = radial_expand((pos - centre) / scale)
@@ -248,14 +284,14 @@ class PositionPreprocessing:
         y = _as_f64(y)
         centre, mean, std = self._constants(y)
         if self.scale is not None:
-            return log_radial_contract(y * std + mean) * self.scale + centre
+            return log_radial_contract(y * std + mean, self.power) * self.scale + centre
         return radial_contract(y * std + mean) * (self.r_max * self.c) + centre
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready constants (floats round-trip exactly through JSON)."""
         if self.scale is not None:
             return {"map": "log-radial", "centre": list(self.centre), "scale_kpc": self.scale,
-                    "mean": list(self.mean), "std": list(self.std)}
+                    "power": self.power, "mean": list(self.mean), "std": list(self.std)}
         return {
             "centre": list(self.centre),
             "r_max": self.r_max,
@@ -269,7 +305,7 @@ class PositionPreprocessing:
         if data.get("map", "ball") == "log-radial":
             return cls(centre=_vector(data["centre"], "centre"), r_max=math.inf, c=1.0,
                        mean=_vector(data["mean"], "mean"), std=_vector(data["std"], "std"),
-                       scale=float(data["scale_kpc"]))
+                       scale=float(data["scale_kpc"]), power=float(data.get("power", 1.0)))
         return cls(
             centre=_vector(data["centre"], "centre"),
             r_max=float(data["r_max"]),

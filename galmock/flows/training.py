@@ -43,6 +43,7 @@ Example:
     ...                                       activation="gelu"),
     ...                 family("maf").parse_options({"transforms": 1}))
     >>> recipe = TrainingRecipe(method="likelihood", radial_c=1.000001, log_radial_scale_kpc=1.0,
+    ...                         log_radial_power=1.0,
     ...                         validation_fraction=0.2, batches_per_epoch=2, batch_rows=64,
     ...                         learning_rate=1e-2, finetune_learning_rate=1e-3,
     ...                         patience_epochs=1, max_epochs=2, ensemble_size=1)
@@ -102,6 +103,7 @@ class TrainingRecipe(Section):
     method: Literal["flow-matching", "likelihood"]
     radial_c: Annotated[float, Field(gt=1)]
     log_radial_scale_kpc: PositiveFloat
+    log_radial_power: Annotated[float, Field(gt=0, le=1)]
     validation_fraction: Annotated[float, Field(gt=0, lt=1)]
     batches_per_epoch: PositiveInt
     batch_rows: PositiveInt
@@ -113,10 +115,11 @@ class TrainingRecipe(Section):
 
     def loop_settings(self) -> dict[str, Any]:
         """The settings one flow's fit reads (:func:`fit_density_flow`): the recipe without
-        ``radial_c`` and ``log_radial_scale_kpc`` (they act through the data) and
+        ``radial_c`` and the log-radial map's settings (they act through the data) and
         ``ensemble_size`` (one member's fit does not depend on how many there are)."""
         return self.model_dump(mode="json",
-                               exclude={"radial_c", "log_radial_scale_kpc", "ensemble_size"})
+                               exclude={"radial_c", "log_radial_scale_kpc", "log_radial_power",
+                                        "ensemble_size"})
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def region_recipe(spec: FlowSpec, recipe: TrainingRecipe) -> dict[str, Any]:
         >>> spec = FlowSpec("nsf", NetworkOptions(hidden_features=8, hidden_layers=1,
         ...                                       activation="gelu"), family("nsf").parse_options())
         >>> recipe = TrainingRecipe(method="flow-matching", radial_c=1.000001,
-        ...                         log_radial_scale_kpc=1.0, validation_fraction=0.2,
+        ...                         log_radial_scale_kpc=1.0, log_radial_power=1.0,
+        ...                         validation_fraction=0.2,
         ...                         batches_per_epoch=2, batch_rows=64, learning_rate=1e-2,
         ...                         finetune_learning_rate=1e-3, patience_epochs=1,
         ...                         max_epochs=2, ensemble_size=1)
@@ -494,7 +498,8 @@ def fit_phase_space_flow(
     pos, vel = _check_arrays(pos, vel)
     device = resolve_device(runtime.device)
     if radius is None:
-        pos_pre = PositionPreprocessing.fit_log_radial(pos, centre, recipe.log_radial_scale_kpc)
+        pos_pre = PositionPreprocessing.fit_log_radial(pos, centre, recipe.log_radial_scale_kpc,
+                                                       recipe.log_radial_power)
     else:
         pos_pre = PositionPreprocessing.fit(pos, centre, radius, recipe.radial_c)
     vel_pre = VelocityPreprocessing.fit(vel)

@@ -1,14 +1,14 @@
 r"""The stages of a run, and the one registry that the CLI, ``galmock run``, the schedulers and
 the config read.
 
-``run`` = ingest → plan → train → upsample → convert → validate; ``suite`` and ``generate`` are
-stages outside the chain. Each stage is a module here with ``run(job)`` (its work; the result is
-printed when it has a ``summary()``) and ``progress(layout)`` (what the run directory says about
-it, for ``galmock status``). A :class:`Stage` records its name, one-line help, function, the
-resources it runs with (``kind``: ``serial``, ``mpi`` ranks or a ``dask`` cluster) and its
-progress probe; :data:`STAGES` is the chain and :data:`COMMANDS` the rest. Stages communicate
-only through files of the run directory (:class:`galmock.layout.RunLayout`), so any stage can
-be rerun, resumed or moved to another machine by itself.
+``run`` = ingest → plan → train → upsample → convert → validate; ``suite``, ``generate`` and
+``verify`` are stages outside the chain. Each stage is a module here with ``run(job)`` (its
+work; the result is printed when it has a ``summary()``) and ``progress(layout)`` (what the run
+directory says about it, for ``galmock status``). A :class:`Stage` records its name, one-line
+help, function, the resources it runs with (``kind``: ``serial``, ``mpi`` ranks or a ``dask``
+cluster) and its progress probe; :data:`STAGES` is the chain and :data:`COMMANDS` the rest.
+Stages communicate only through files of the run directory (:class:`galmock.layout.RunLayout`),
+so any stage can be rerun, resumed or moved to another machine by itself.
 
 Example:
     >>> [s.name for s in STAGES]
@@ -32,7 +32,17 @@ from typing import Literal
 from galmock.atomic import atomic_write_text
 from galmock.config import JobConfig
 from galmock.layout import STAGE_ORDER, RunLayout
-from galmock.stages import convert, generate, ingest, plan, suite, train, upsample, validate
+from galmock.stages import (
+    convert,
+    generate,
+    ingest,
+    plan,
+    suite,
+    train,
+    upsample,
+    validate,
+    verify,
+)
 
 log = logging.getLogger("galmock")
 
@@ -76,6 +86,9 @@ COMMANDS: tuple[Stage, ...] = (
           "galaxies", suite.run, "serial", suite.progress),
     Stage("generate", "sample a galaxy from a conditional galaxy model into "
           "<run>/particles.zarr", generate.run, "serial", ingest.progress),
+    Stage("verify", "check every product of the run against what its writer recorded "
+          "(checksums, training-data hashes, plan consistency)", verify.run, "serial",
+          verify.progress),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 assert STAGE_NAMES == STAGE_ORDER, "galmock.layout.STAGE_ORDER must list the chain"

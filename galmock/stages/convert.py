@@ -4,7 +4,7 @@ Outputs (each replaced as a whole, never left half-written)::
 
     <run>/catalog.zarr                 every star: Gaia DR3 astrometry + the star columns,
                                        chunked like stars.zarr, compressed with
-                                       upsample.compressor (format galmock.catalog/1)
+                                       upsample.compressor (format galmock.catalog/2)
     <run>/catalog.hats/                the same rows as HATS (HEALPix-partitioned Parquet that
                                        lsdb.open_catalog reads), plus star_id and _healpix_29;
                                        skipped when convert.hats is false

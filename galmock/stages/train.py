@@ -42,7 +42,7 @@ from galmock.flows.artifact import read_manifest
 from galmock.flows.property_flow import train_property_flow
 from galmock.flows.training import fit_ensemble
 from galmock.layout import RunLayout
-from galmock.models import artifact_matches, model_location
+from galmock.models import artifact_matches, model_location, training_seed
 from galmock.parallel.mpi import (
     Rank,
     abort_on_error,
@@ -83,7 +83,7 @@ def _train(job: JobConfig, rank: Rank) -> None:
         if not data:
             data.append(RegionParticles(layout.particles, plan))
         pos, vel = data[0].phase_space(rid)
-        seed = derive_seed(job.seed, "train", rid)
+        seed = training_seed(job.seed, rid)
         artifact = layout.model(rid)
         ok, why = artifact_matches(artifact, pos, vel, job.flows, seed)
         if job.upsample.properties == "flow":

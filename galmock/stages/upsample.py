@@ -51,7 +51,7 @@ from galmock.flows.artifact import load_artifact
 from galmock.flows.base import resolve_chunk_rows, resolve_compile
 from galmock.flows.property_flow import PropertyFlow, load_property_flow
 from galmock.layout import RunLayout
-from galmock.models import model_identity, model_location
+from galmock.models import model_identity, model_location, require_current
 from galmock.parallel.mpi import (
     Rank,
     abort_on_error,
@@ -170,7 +170,7 @@ def _fingerprint(
     """What the catalog is a function of: seed, settings, plan, counts and model weights
     (not the number of ranks, devices or threads)."""
     payload = {
-        "format": "galmock.stars/1",
+        "format": "galmock.stars/2",
         "seed": job.seed,
         "upsample": job.upsample.model_dump(mode="json"),
         "plan": {k: v for k, v in plan.to_dict().items() if k != "meta"},
@@ -228,6 +228,8 @@ class _RegionSampler:
             if self.data is None:
                 self.data = RegionParticles(RunLayout(job.run_dir).particles, self.plan)
             particles = self.data.particles(rid)
+            if job.flows.load is None:  # the run's own models: trained on these particles?
+                require_current(self.locations[rid], particles.pos, particles.vel, job, rid)
             matcher = ParentMatcher(particles.pos, particles.vel, rank.device)
             model = load_artifact(self.locations[rid], device=rank.device)
             model.configure(chunk_rows=resolve_chunk_rows(job.flows.chunk_rows, rank.device),
