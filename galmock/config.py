@@ -305,6 +305,8 @@ class UpsampleConfig(Section):
     mass_max_msun: PositiveFloat
     sampling_fraction: Annotated[float, Field(gt=0, le=1)]
     stars_per_particle: PositiveFloat
+    warn_stars: PositiveFloat
+    checkpoint_seconds: PositiveFloat
     properties: Literal["parent", "flow"]
     property_flow: PropertyFlowConfig
     chunk_rows: PositiveInt

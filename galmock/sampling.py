@@ -56,6 +56,7 @@ from galmock.errors import ConfigError, InputError
 from galmock.imf import IMFS, BrokenPowerLawIMF
 from galmock.plan import Region, RegionPlan
 from galmock.seeds import region_seed
+from galmock.store import STAR_COLUMNS
 
 # Give up on a region when fewer than this fraction of flow draws land in its owned volume
 # (after MIN_DRAWS draws): the flow does not describe that volume and looping would not end.
@@ -92,6 +93,27 @@ def expected_stars(regions: Sequence[Region], cfg: UpsampleConfig) -> np.ndarray
         return cfg.sampling_fraction * mass / mean_mass
     owned = np.array([r.owned_particles for r in regions], dtype=np.float64)
     return cfg.stars_per_particle * owned
+
+
+def size_warning(n_stars: float, cfg: UpsampleConfig) -> str | None:
+    """A warning when a catalog of ``n_stars`` exceeds ``upsample.warn_stars``, else None.
+
+    Example:
+        >>> job = load_job("jobs/demo.yaml", overrides=["upsample.sampling_fraction=1"])
+        >>> print(size_warning(9.6e10, job.upsample))  # doctest: +ELLIPSIS
+        upsample: the catalog is planned at 96,000,000,000 stars, 5.76 TB in stars.zarr ...
+        >>> size_warning(1.9e6, job.upsample) is None
+        True
+    """
+    if n_stars <= cfg.warn_stars:
+        return None
+    row_bytes = sum(spec.dtype.itemsize for spec in STAR_COLUMNS.values())
+    knob = (f"upsample.sampling_fraction (now {cfg.sampling_fraction})" if cfg.mode == "imf"
+            else f"upsample.stars_per_particle (now {cfg.stars_per_particle})")
+    return (f"upsample: the catalog is planned at {n_stars:,.0f} stars, "
+            f"{n_stars * row_bytes / 1e12:.2f} TB in stars.zarr before compression (more than "
+            f"upsample.warn_stars = {cfg.warn_stars:g}); lower {knob} unless that is what you "
+            "want")
 
 
 def star_counts(regions: Sequence[Region], cfg: UpsampleConfig, seed: int) -> np.ndarray:
@@ -133,6 +155,7 @@ def owned_batches(
     label: str = "region",
     tally: dict[str, int] | None = None,
     hint: str = "the model does not describe this region (wrong flows.load?)",
+    start: Mapping[str, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(batch, pos, vel)`` of owned stars until ``n_stars`` in all, in order.
 
@@ -141,14 +164,16 @@ def owned_batches(
     ``batch_rows`` draws (the memory bound), sized from the acceptance so far so that a small
     region does not draw a whole batch. Everything here is a function of the draws, so the
     output is fixed by the seeds. ``tally`` (if given) keeps the running ``drawn`` and ``kept``
-    counts, whose ratio estimates the acceptance.
+    counts, whose ratio estimates the acceptance, and after each batch the state to resume from:
+    ``batch`` (the next one) and ``got`` (stars yielded so far). ``start`` is such a state: the
+    batches after it come out exactly as in an uninterrupted run.
 
     Raises:
         InputError: the owned volume catches almost no draws (names ``label``; ends with ``hint``).
     """
-    got = drawn = kept = 0
-    batch = 0
-    acceptance = prior
+    state = {"batch": 0, "got": 0, "drawn": 0, "kept": 0, **dict(start or {})}
+    batch, got, drawn, kept = (int(state[k]) for k in ("batch", "got", "drawn", "kept"))
+    acceptance = max(kept / drawn, MIN_OWNED_ACCEPTANCE) if drawn else prior
     while got < n_stars:
         need = n_stars - got
         m = min(batch_rows, math.ceil(need / acceptance * HEADROOM) + 64)
@@ -165,6 +190,8 @@ def owned_batches(
             tally.update(drawn=drawn, kept=kept)
         take = np.flatnonzero(inside)[:need]
         got += len(take)
+        if tally is not None:
+            tally.update(batch=batch + 1, got=got)
         yield batch, pos[take], vel[take]
         batch += 1
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
@@ -77,6 +78,8 @@ __all__ = [
     "write_rows",
     "write_star_catalog",
 ]
+
+log = logging.getLogger(__name__)
 
 # /2: every chunk is written and ends in a CRC32C checksum (Zarr's crc32c codec), so a missing,
 # truncated or altered chunk is an error naming it instead of zeros or garbage read as stars.
@@ -583,6 +586,8 @@ class BlockCatalog:
         done/           one JSON record per finished block: start, rows, sha256
         pieces/         edge-chunk pieces, a directory of ``.npy`` columns per piece, named by
                         its first row
+        progress/       per unfinished block, its last checkpoint (:meth:`BlockWriter.checkpoint`):
+                        rows stored so far, the buffered tail (``.npy``), the caller's state
 
     One process calls :meth:`prepare` (which resumes a staging area built for the same
     fingerprint, else starts afresh); then any process :meth:`open`\\ s it, streams blocks
@@ -694,6 +699,7 @@ class BlockCatalog:
             zarr.open_array(store / name, mode="r+").attrs.update(dict(extra))
         (staging / "done").mkdir()
         (staging / "pieces").mkdir()
+        (staging / "progress").mkdir()
         # Written last: a staging area without it is incomplete and is started afresh.
         atomic_write_text(staging / _LAYOUT, json.dumps(wanted, indent=1) + "\n")
         return cls(target, layout, list(columns), fingerprint)
@@ -731,9 +737,14 @@ class BlockCatalog:
         atomic_write_text(
             self.staging / "done" / f"block-{block:06d}.json", json.dumps(dict(record)) + "\n"
         )
+        shutil.rmtree(self.progress_path(block), ignore_errors=True)  # superseded
 
     def piece_path(self, start: int) -> Path:
         return self.staging / "pieces" / f"{start:015d}"
+
+    def progress_path(self, block: int) -> Path:
+        """Where block ``block``'s last checkpoint is kept until the block is recorded."""
+        return self.staging / "progress" / f"block-{block:06d}"
 
     def assemble(self, k: int) -> None:
         """Write edge chunk ``k`` from its pieces (after every block overlapping it is done)."""
@@ -816,6 +827,7 @@ class BlockWriter:
         self.block = block
         self.start, self.stop = catalog.layout.block(block)
         self._segments = list(catalog.layout.segments(block))
+        self._n_segments = len(self._segments)
         self._arrays = {
             c: open_for_writing(catalog.store / c) for c in catalog.columns
         }
@@ -880,6 +892,70 @@ class BlockWriter:
             self._arrays[column][a:b] = values
         else:
             np.save(piece / f"{column}.npy", values)
+
+    def checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Save how far the block got, so a rerun continues from here (:meth:`resume`): the
+        rows already stored (whole chunks and pieces), the buffered tail, and the caller's
+        JSON-ready ``state`` (e.g. its next batch). Atomic: a kill keeps the previous one."""
+        tail = self._tail()
+        progress = {
+            "block": self.block,
+            "rows": self.rows,
+            "segments_done": self._n_segments - len(self._segments),
+            "tail_rows": self._buffered,
+            "state": dict(state),
+        }
+        with atomic_directory(self.catalog.progress_path(self.block)) as tmp:
+            for c, values in tail.items():
+                np.save(tmp / f"{c}.npy", values)
+            (tmp / "progress.json").write_text(json.dumps(progress) + "\n")
+
+    def resume(self) -> dict[str, Any] | None:
+        """Continue from the block's last :meth:`checkpoint`: restores the rows, the buffered
+        tail and the checksum of what is stored (read back, which also checks every chunk's
+        CRC32C); returns the caller's state, or None when there is no usable checkpoint (the
+        block then starts over, which rewrites the same rows)."""
+        path = self.catalog.progress_path(self.block)
+        try:
+            progress = json.loads((path / "progress.json").read_text())
+            done = int(progress["segments_done"])
+            tail = {c: np.load(path / f"{c}.npy") for c in self._arrays}
+            segments = self._segments[:done]
+            stored = [self._stored(a, b, is_piece) for a, b, is_piece in segments]
+        except (OSError, ValueError, KeyError, TypeError, InputError) as err:
+            if path.exists():
+                log.warning("block %d: checkpoint %s unusable (%s); starting the block over",
+                            self.block, path, err)
+            return None
+        n_tail = len(tail[self.catalog.columns[0]])
+        rows = sum(b - a for a, b, _ in segments) + n_tail
+        if n_tail != progress["tail_rows"] or rows != progress["rows"]:
+            log.warning("block %d: checkpoint %s inconsistent; starting the block over",
+                        self.block, path)
+            return None
+        for values in stored:
+            for c in self.catalog.columns:
+                self._hashers[c].update(_le_view(values[c]))
+        self._segments = self._segments[done:]
+        self._buffer = [tail] if n_tail else []
+        self._buffered = n_tail
+        self.rows = rows
+        return dict(progress["state"])
+
+    def _stored(self, a: int, b: int, is_piece: bool) -> dict[str, np.ndarray]:
+        """Rows ``a:b`` as written: from the piece files or from the store."""
+        if is_piece:
+            piece = self.catalog.piece_path(a)
+            return {c: np.load(piece / f"{c}.npy") for c in self.catalog.columns}
+        group = zarr.open_group(self.catalog.store, mode="r")
+        return {c: _read_column(group, self.catalog.store, c, a, b) for c in self.catalog.columns}
+
+    def _tail(self) -> dict[str, np.ndarray]:
+        """The buffered rows not yet stored, one array per column."""
+        if not self._buffer:
+            return {c: np.empty(0, self._dtypes[c]) for c in self.catalog.columns}
+        return {c: np.concatenate([part[c] for part in self._buffer])
+                for c in self.catalog.columns}
 
     def close(self) -> dict[str, Any]:
         """Check that the whole block was written; returns (and keeps) the block's record."""

@@ -15,7 +15,8 @@ import pytest
 
 import galmock.stages
 from galmock.cli import EXIT_INTERNAL, main
-from galmock.stages import stage
+from galmock.config import load_job
+from galmock.stages import run_pipeline, stage
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = str(REPO / "jobs" / "demo.yaml")
@@ -104,3 +105,20 @@ def test_a_bug_is_exit_70_with_its_traceback(capsys, tmp_path, monkeypatch) -> N
     assert "Traceback" in err and "ZeroDivisionError" in err
     assert "internal error (a bug in galmock" in err
     assert not (tmp_path / "run" / "job.yaml").exists()  # a failed stage records no job
+
+
+def test_a_catalog_planned_past_warn_stars_is_announced_with_its_size(tmp_path, caplog) -> None:
+    """The default sampling_fraction 1.0 on a Milky-Way-mass galaxy plans ~10^11 stars (~6 TB):
+    plan says so, with the knob to turn; the demo's 2e-5 (1.9 million stars) says nothing."""
+    sets = ["galaxy.demo.n_particles=4000", "plan.target_particles=2000"]
+    quiet = load_job(DEMO, overrides=sets, output=tmp_path / "quiet")
+    with caplog.at_level("WARNING"):
+        run_pipeline(quiet, "ingest", "plan")
+    assert "planned at" not in caplog.text
+    loud = load_job(DEMO, overrides=[*sets, "upsample.sampling_fraction=1"],
+                    output=tmp_path / "loud")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        run_pipeline(loud, "ingest", "plan")
+    assert "upsample: the catalog is planned at 95,8" in caplog.text
+    assert "TB in stars.zarr before compression (more than upsample.warn_stars = 1e+09); " \
+        "lower upsample.sampling_fraction (now 1.0)" in caplog.text

@@ -213,27 +213,63 @@ def test_a_rank_killed_mid_run_resumes_to_the_same_catalog(demo, tmp_path) -> No
     assert tree_bytes(run / "stars.zarr") == tree_bytes(demo["run"] / "stars.zarr")
 
 
+def test_a_killed_upsample_continues_each_region_from_its_last_batch(demo, tmp_path) -> None:
+    """Batch-level resume (#16): regions checkpoint as they go; SIGKILL at a random point, then
+    the rerun continues the unfinished regions from their checkpointed batch, and the catalog
+    is byte-identical to an uninterrupted run's."""
+    small = "upsample.batch_rows=2000"  # ~40 batches per region
+    reference = clone(demo["run"], tmp_path / "whole")
+    whole = galmock(0, "upsample", demo["job"], reference, small)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run = clone(demo["run"], tmp_path / "killed-mid-region")
+    progress = BlockCatalog.staging_dir(run / "stars.zarr") / "progress"
+    cmd = [sys.executable, "-m", "galmock", "upsample", str(demo["job"]), "--output", str(run),
+           "--set", small, "--set", "upsample.checkpoint_seconds=0.05"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (progress.is_dir() and any(progress.iterdir())):  # a region checkpointed
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        # A random point while the first region (~40 batches, seconds) is still being sampled.
+        time.sleep(random.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+    assert not (run / "stars.zarr").exists()
+    assert any(progress.iterdir())  # killed mid-region, after a checkpoint
+    resumed = galmock(0, "upsample", demo["job"], run, small)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at batch" in resumed.stderr
+    assert tree_bytes(run / "stars.zarr") == tree_bytes(reference / "stars.zarr")
+
+
 def test_a_second_upsample_on_the_same_run_directory_is_refused(demo, tmp_path) -> None:
     """Two jobs would share the staging area and could both exit 0 with a catalog mixing their
-    rows (#16): while one holds the run directory, a second (another seed) exits 1 naming the
-    lock, and the first finishes the catalog it would have made alone."""
+    rows (#16). While another process holds the run directory's upsample lock (taken exactly as
+    galmock takes it), an MPI upsample exits non-zero naming the lock, on every rank, and writes
+    nothing; once the holder is killed (SIGKILL: the kernel drops its lock, nothing stale) the
+    same job runs and makes the catalog it makes alone."""
     run = clone(demo["run"], tmp_path / "twice")
-    staging = BlockCatalog.staging_dir(run / "stars.zarr")
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "galmock", "upsample", str(demo["job"]),
-           "--output", str(run)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as first:  # fmt: skip
-        deadline = time.monotonic() + 120
-        while not (staging / "layout.json").is_file():  # the first job is sampling
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
-            time.sleep(0.01)
-        second = galmock(0, "upsample", demo["job"], run, "seed=4")
-        _, err = first.communicate(timeout=120)
-    assert second.returncode == 1, second.stderr[-2000:]
-    assert "another `galmock upsample` is running on this run directory" in second.stderr
-    assert "Traceback" not in second.stderr
-    assert first.returncode == 0, err[-3000:]
+    lock = run / ".upsample.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from galmock.locks import exclusive\n"
+        f"with exclusive({str(lock)!r}, 'upsample'):\n"
+        "    print('held', flush=True); time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = galmock(2, "upsample", demo["job"], run, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode != 0
+    assert "another `galmock upsample` is running on this run directory" in refused.stderr
+    assert str(lock) in refused.stderr
+    assert not (run / "stars.zarr").exists()
+    assert not BlockCatalog.staging_dir(run / "stars.zarr").exists()
+    alone = galmock(2, "upsample", demo["job"], run)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     assert tree_bytes(run / "stars.zarr") == tree_bytes(demo["run"] / "stars.zarr")
 
 
@@ -405,6 +441,7 @@ def test_stitching_is_seamless_with_exact_region_models(tmp_path, monkeypatch) -
 
     monkeypatch.setattr(galmock.stages.upsample, "load_artifact", lambda *a, **k: ExactModel())
     monkeypatch.setattr(galmock.stages.upsample, "model_identity", lambda location: {})
+    monkeypatch.setattr(galmock.stages.upsample, "require_current", lambda *a: None)  # no files
     threads = torch.get_num_threads()
     job = load_job(write_job(tmp_path, {
         "name": "exact", "seed": 1, "galaxy": {"demo": {"n_particles": 20_000}},

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import zarr
 
 import galmock
 from galmock.store import (
@@ -124,3 +125,46 @@ def test_open_catalog_is_exported_and_lazy(tmp_path) -> None:
     np.testing.assert_array_equal(frame["x"].to_numpy(), data["x"])
     assert frame.index.tolist() == list(range(25))
     assert cat.to_dask(["mass"])["mass"].chunks == ((10, 10, 5),)
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, 6])
+def test_a_block_resumes_from_its_checkpoint_to_the_same_rows_and_checksum(tmp_path, cut) -> None:
+    """A writer checkpointed after ``cut`` of 7 batches and killed; a new writer resumes and
+    finishes: the block's rows and sha256 are those of an uninterrupted write (tail rows
+    buffered at the checkpoint included; cut 5 leaves a tail inside a whole chunk)."""
+    layout = RowLayout((3, 40, 5), chunk_rows=8)  # block 1: piece 3:8, chunks 8..40, piece 40:43
+    data = rows(40, seed=9)
+    sizes = [5, 7, 2, 9, 6, 4, 7]
+
+    def batches():
+        start = 0
+        for size in sizes:
+            yield {c: v[start : start + size] for c, v in data.items()}
+            start += size
+
+    whole = BlockCatalog.prepare(tmp_path / "a.zarr", layout, STAR_COLUMNS, "fp")
+    with whole.writer(1) as w:
+        for batch in batches():
+            w.append(batch)
+    expected = w.record
+
+    cat = BlockCatalog.prepare(tmp_path / "b.zarr", layout, STAR_COLUMNS, "fp")
+    first = cat.writer(1)
+    for i, batch in enumerate(batches()):
+        if i == cut:
+            break
+        first.append(batch)
+    first.checkpoint({"batch": cut})
+    first.append(rows(3, seed=1))  # written after the checkpoint, then "killed": not kept
+    second = BlockCatalog.open(tmp_path / "b.zarr").writer(1)
+    assert second.resume() == {"batch": cut}
+    assert second.rows == sum(sizes[:cut])
+    for batch in itertools.islice(batches(), cut, None):
+        second.append(batch)
+    assert second.close() == expected
+    for c in STAR_COLUMNS:  # the whole chunks as stored, rewritten past the checkpoint
+        np.testing.assert_array_equal(zarr.open_array(cat.store / c)[8:40],
+                                      zarr.open_array(whole.store / c)[8:40])
+    cat.record(second.record)
+    assert not cat.progress_path(1).exists()  # superseded by the record
+    assert cat.writer(0).resume() is None  # no checkpoint: the block starts over

@@ -18,13 +18,17 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 
 from galmock.config import JobConfig
 from galmock.layout import RunLayout
 from galmock.particles import read_particle_store
 from galmock.plan import RegionPlan, build_kdtree_plan, build_sphere_plan
+from galmock.sampling import expected_stars, size_warning
 from galmock.version import __version__
+
+log = logging.getLogger("galmock.plan")
 
 
 def run(job: JobConfig) -> RegionPlan:
@@ -47,6 +51,9 @@ def run(job: JobConfig) -> RegionPlan:
         )
     plan = replace(plan, meta={"particles": str(store.path), "galmock_version": __version__})
     plan.write(layout.plan)
+    warning = size_warning(float(expected_stars(plan.regions, job.upsample).sum()), job.upsample)
+    if warning:
+        log.warning("%s", warning)
     return plan
 
 

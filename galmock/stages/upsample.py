@@ -10,8 +10,11 @@ complete. A complete catalog built from the same inputs is left alone. Every dra
 (job seed, region, batch), so the catalog does not depend on the number of ranks.
 
 Preemption (:mod:`galmock.preempt`): on SIGUSR1 or SIGTERM upsampling stops after the batch it
-is writing (that region is redone by the rerun); every rank drains the queue without starting
-new work and the stage exits 75.
+is writing and checkpoints that region (its rows so far, the buffered tail and the sampler's
+state: :meth:`galmock.store.BlockWriter.checkpoint`); every rank drains the queue without
+starting new work and the stage exits 75. Regions also checkpoint every
+``upsample.checkpoint_seconds``, so a killed job loses at most that much of each region: the
+rerun continues every region from its last checkpointed batch, to the same catalog.
 
 Example:
     >>> run(load_job("jobs/demo.yaml"))  # needs the trained models  # doctest: +SKIP
@@ -70,6 +73,7 @@ from galmock.sampling import (
     owned_acceptance_prior,
     owned_batches,
     owned_volume,
+    size_warning,
     star_columns,
     star_counts,
     star_masses,
@@ -98,6 +102,9 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
     plan = read_plan(layout.plan)
     cfg = job.upsample
     counts = star_counts(plan.regions, cfg, job.seed)
+    warning = size_warning(float(counts.sum()), cfg)
+    if warning and rank.rank == 0:
+        log.warning("%s", warning)
     lam = expected_stars(plan.regions, cfg)
     locations = [model_location(job, plan, r.id) for r in plan.regions]
     target = layout.stars
@@ -147,6 +154,8 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
         print(f"{total:,} stars in {len(counts)} region(s) -> {target}")
 
 
+# Settings that change how the stage runs, never the catalog.
+_RUNTIME_ONLY = {"checkpoint_seconds", "warn_stars"}
 _FRAME = "galactocentric, right-handed, as after ingest (astropy Galactocentric orientation)"
 _FRAME_ATTRS = {c: {"frame": _FRAME} for c in ("x", "y", "z", "vx", "vy", "vz")}
 
@@ -156,7 +165,7 @@ def _provenance(job: JobConfig, plan: RegionPlan) -> dict[str, Any]:
         "job": job.name,
         "seed": job.seed,
         "galmock_version": __version__,
-        "upsample": job.upsample.model_dump(mode="json"),
+        "upsample": job.upsample.model_dump(mode="json", exclude=_RUNTIME_ONLY),
         "flows_kind": job.flows.kind,
         "flows_load": job.flows.load,
         "plan_regions": len(plan.regions),
@@ -172,7 +181,7 @@ def _fingerprint(
     payload = {
         "format": "galmock.stars/2",
         "seed": job.seed,
-        "upsample": job.upsample.model_dump(mode="json"),
+        "upsample": job.upsample.model_dump(mode="json", exclude=_RUNTIME_ONLY),
         "plan": {k: v for k, v in plan.to_dict().items() if k != "meta"},
         "counts": counts.tolist(),
         "models": [model_identity(loc) for loc in locations],
@@ -245,10 +254,18 @@ class _RegionSampler:
                 spent["flow"] += time.perf_counter() - t
                 return out
 
-            last = time.perf_counter()
+            tally: dict[str, int] = {}
+            resumed = writer.resume()  # a checkpoint of this region: continue from its batch
+            if resumed is not None:
+                tally = dict(resumed["sampler"])
+                stellar_mass, batches = float(resumed["stellar_mass"]), int(resumed["batches"])
+                log.info("%s: region %d: resuming at batch %d, %d of %d stars already sampled",
+                         rank, rid, tally["batch"], writer.rows, n)
+            last = saved = time.perf_counter()
             for batch, pos, vel in owned_batches(
                 propose, owned_volume(self.plan, rid), n, cfg.batch_rows,
-                owned_acceptance_prior(region), label=f"region {rid}",
+                owned_acceptance_prior(region), label=f"region {rid}", tally=tally,
+                start=tally if resumed is not None else None,
             ):  # fmt: skip
                 t = time.perf_counter()
                 parent = matcher.query(pos, vel)
@@ -266,11 +283,17 @@ class _RegionSampler:
                 writer.append(cols)
                 spent["write"] += time.perf_counter() - t
                 batches += 1
-                if preempt.requested():
-                    # Stop between batches; the region is not recorded, so the rerun redoes it
-                    # (its batches are seeded, so identically).
+                stop = preempt.requested() and writer.rows < n  # a finished region is recorded
+                if writer.rows < n and (stop or time.perf_counter() - saved
+                                        > cfg.checkpoint_seconds):
+                    # Batches are seeded, so the rerun continues from here exactly as this run
+                    # would have: the sampler's counts, the rows and the running mass suffice.
+                    writer.checkpoint({"sampler": dict(tally), "stellar_mass": stellar_mass,
+                                       "batches": batches})
+                    saved = time.perf_counter()
+                if stop:
                     log.info("%s: region %d: preempted after %d batch(es), %d of %d stars; "
-                             "left for the rerun", rank, rid, batches, writer.rows, n)
+                             "checkpointed for the rerun", rank, rid, batches, writer.rows, n)
                     return
                 if time.perf_counter() - last > PROGRESS_SECONDS:
                     last = time.perf_counter()
