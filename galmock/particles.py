@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from galmock.atomic import atomic_directory
+from galmock.chunks import CHECKSUM, missing_chunks, read_column
 from galmock.errors import InputError
 
 REQUIRED_FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "id")
@@ -164,7 +166,9 @@ def write_particle_store(
         group.attrs.update({**dict(attrs), "n_particles": n, "fields": list(columns)})
         for f, values in columns.items():
             arr = group.create_array(
-                f, shape=(n,), dtype=DTYPES[f], chunks=(max(1, min(chunk_rows, n)),)
+                f, shape=(n,), dtype=DTYPES[f], chunks=(max(1, min(chunk_rows, n)),),
+                compressors=[ZstdCodec(level=0), CHECKSUM], fill_value=0,
+                config={"write_empty_chunks": True},  # every chunk stored: missing = damaged
             )
             arr[:] = values
             arr.attrs.update({"unit": UNITS[f], "description": DESCRIPTIONS[f]})
@@ -194,15 +198,16 @@ class ParticleStore:
 
     def load(self, fields: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Read whole columns into memory (all fields by default)."""
-        return {f: self.group[f][:] for f in (fields or self.fields)}  # type: ignore[index]
+        return {f: read_column(self.group, self.path, f) for f in (fields or self.fields)}
 
     def positions(self) -> np.ndarray:
         """(N, 3) float64 kpc."""
-        return np.column_stack([self.group[f][:] for f in ("x", "y", "z")])  # type: ignore[index]
+        return np.column_stack([read_column(self.group, self.path, f) for f in ("x", "y", "z")])
 
     def velocities(self) -> np.ndarray:
         """(N, 3) float64 km/s."""
-        return np.column_stack([self.group[f][:] for f in ("vx", "vy", "vz")])  # type: ignore[index]
+        return np.column_stack([read_column(self.group, self.path, f)
+                                for f in ("vx", "vy", "vz")])  # fmt: skip
 
 
 def read_particle_store(path: str | Path) -> ParticleStore:
@@ -216,4 +221,13 @@ def read_particle_store(path: str | Path) -> ParticleStore:
         raise InputError(f"{path}: not a Zarr particle store: {err}") from err
     if "fields" not in group.attrs or "n_particles" not in group.attrs:
         raise InputError(f"{path}: not a galmock particle store (attributes missing)")
+    for name in group.attrs["fields"]:  # type: ignore[union-attr]
+        arr = group.get(name)
+        if arr is None:
+            raise InputError(f"{path}: field {name!r} is listed but has no array")
+        chunks = -(-int(arr.shape[0]) // int(arr.chunks[0])) if arr.shape[0] else 0  # type: ignore[union-attr]
+        absent = missing_chunks(path / name, chunks)
+        if absent:
+            raise InputError(f"{path / name}: {len(absent)} of {chunks} chunk(s) missing (chunk "
+                             f"{absent[0]}, ...): the store is damaged; run `galmock ingest` again")
     return ParticleStore(path=path, group=group)

@@ -55,9 +55,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from galmock.atomic import atomic_directory, atomic_write_text, replace_path
+from galmock.chunks import CHECKSUM, missing_chunks, open_for_writing, read_column
 from galmock.errors import InputError
 
 __all__ = [
@@ -124,11 +125,11 @@ def _codecs(compressor: str) -> list[Any]:
     """The bytes codecs of every column: the compressor (the job's upsample.compressor names),
     then a CRC32C of the stored bytes, which Zarr checks on every read."""
     if compressor == "blosc-lz4":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec()]
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), CHECKSUM]
     if compressor == "zstd":
-        return [ZstdCodec(level=3), Crc32cCodec()]
+        return [ZstdCodec(level=3), CHECKSUM]
     if compressor == "none":
-        return [Crc32cCodec()]
+        return [CHECKSUM]
     raise ValueError(f"unknown compressor {compressor!r}; use blosc-lz4, zstd or none")
 
 
@@ -179,12 +180,6 @@ def create_catalog(
         }
     )
     return path
-
-
-def open_for_writing(array_path: str | Path) -> zarr.Array:
-    """A catalog column opened to write chunks that are all stored, even all zeros (Zarr skips
-    those by default, and a missing chunk must mean damage: :func:`open_catalog`)."""
-    return zarr.open_array(array_path, mode="r+").with_config({"write_empty_chunks": True})
 
 
 def write_rows(path: str | Path, start: int, columns: Mapping[str, np.ndarray]) -> None:
@@ -305,7 +300,7 @@ class StarCatalog:
     ) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of ``columns`` (all by default) as numpy arrays."""
         names = list(columns) if columns is not None else self.columns
-        return {c: _read_column(self.group, self.path, c, start, stop) for c in names}
+        return {c: read_column(self.group, self.path, c, start, stop) for c in names}
 
     def to_dask(self, columns: Iterable[str] | None = None) -> dict[str, Any]:
         """Lazy dask arrays, one per column, chunked like the store."""
@@ -340,26 +335,9 @@ class StarCatalog:
 def _read_frame(rows: tuple[int, int], path: str, columns: list[str]) -> pd.DataFrame:
     start, stop = rows
     group = zarr.open_group(path, mode="r")
-    data = {c: _read_column(group, Path(path), c, start, stop) for c in columns}
+    data = {c: read_column(group, Path(path), c, start, stop) for c in columns}
     return pd.DataFrame(data, index=pd.RangeIndex(start, stop))
 
-
-def _read_column(
-    group: zarr.Group, path: Path, name: str, start: int = 0, stop: int | None = None
-) -> np.ndarray:
-    """Rows ``start:stop`` of column ``name``; a chunk that fails its checksum or cannot be
-    decoded is an :class:`InputError` naming it."""
-    arr = group[name]
-    try:
-        return arr[start:stop]  # type: ignore[index, return-value]
-    except (ValueError, RuntimeError, OSError) as err:
-        chunk = int(arr.chunks[0])  # type: ignore[union-attr]
-        stop = arr.shape[0] if stop is None else stop  # type: ignore[union-attr]
-        raise InputError(
-            f"{path / name}: a chunk in rows {start}:{stop} (chunks {start // chunk}.."
-            f"{max(stop - 1, start) // chunk}) is damaged: {err}; rerun the stage that wrote "
-            f"{path.name}"
-        ) from None
 
 
 def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
@@ -425,7 +403,7 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
             raise InputError(
                 f"{path}: column {name!r} has dtype {np.dtype(arr.dtype)}, expected {want.dtype}"
             )
-        absent = _missing_chunks(path / name, -(-n // chunk))
+        absent = missing_chunks(path / name, -(-n // chunk))
         if absent:
             shown = ", ".join(str(k) for k in absent[:5]) + (" ..." if len(absent) > 5 else "")
             raise InputError(
@@ -435,13 +413,6 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
     return StarCatalog(path=path, group=group)
 
 
-def _missing_chunks(array_dir: Path, n_chunks: int) -> list[int]:
-    """Chunk indices of a 1-D array with no stored object (Zarr v3's default keys c/<k>)."""
-    try:
-        stored = {int(k) for k in os.listdir(array_dir / "c") if k.isdigit()}
-    except FileNotFoundError:
-        stored = set()
-    return [k for k in range(n_chunks) if k not in stored]
 
 
 # -- catalogs written in blocks by many processes ---------------------------------------------
@@ -948,7 +919,7 @@ class BlockWriter:
             piece = self.catalog.piece_path(a)
             return {c: np.load(piece / f"{c}.npy") for c in self.catalog.columns}
         group = zarr.open_group(self.catalog.store, mode="r")
-        return {c: _read_column(group, self.catalog.store, c, a, b) for c in self.catalog.columns}
+        return {c: read_column(group, self.catalog.store, c, a, b) for c in self.catalog.columns}
 
     def _tail(self) -> dict[str, np.ndarray]:
         """The buffered rows not yet stored, one array per column."""

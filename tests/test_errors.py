@@ -8,6 +8,8 @@ milliseconds; tests/test_cli.py runs the real subprocess.
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -122,3 +124,33 @@ def test_a_catalog_planned_past_warn_stars_is_announced_with_its_size(tmp_path, 
     assert "upsample: the catalog is planned at 95,8" in caplog.text
     assert "TB in stars.zarr before compression (more than upsample.warn_stars = 1e+09); " \
         "lower upsample.sampling_fraction (now 1.0)" in caplog.text
+
+
+def immutable(path: Path, on: bool) -> bool:
+    """chattr +i/-i: not even root may then create or change entries in ``path``."""
+    flag = "+i" if on else "-i"
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_an_unwritable_output_is_a_clear_error(tmp_path) -> None:
+    """A run directory that cannot be made, or exists and is not writable (tests run as root,
+    which ignores permissions, so the directories are made immutable with chattr) (#16)."""
+    parent = tmp_path / "readonly"
+    (parent / "run").mkdir(parents=True)
+    if not immutable(parent, True) or not immutable(parent / "run", True):
+        immutable(parent, False)
+        pytest.skip("chattr +i is not supported here")
+    try:
+        for output, message in ((parent / "new", "cannot create the run directory (output): "),
+                                (parent / "run", "the run directory (output) is not writable")):
+            result = subprocess.run(
+                [sys.executable, "-m", "galmock", "plan", DEMO, "--output", str(output)],
+                capture_output=True, text=True, cwd=REPO,
+            )  # fmt: skip
+            assert result.returncode == 1, result.stderr[-2000:]
+            assert f"{output}: {message}" in result.stderr and "Traceback" not in result.stderr
+        assert sorted(p.name for p in parent.iterdir()) == ["run"]
+        assert list((parent / "run").iterdir()) == []
+    finally:
+        immutable(parent / "run", False)
+        immutable(parent, False)

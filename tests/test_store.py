@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from galmock.errors import InputError
+from galmock.particles import DTYPES, read_particle_store, write_particle_store
 from galmock.store import (
     STAR_COLUMNS,
     STARS_FORMAT,
@@ -101,3 +102,22 @@ def test_a_damaged_chunk_is_an_error_naming_it(tmp_path):
     with pytest.raises(InputError, match=r"stars\.zarr/age: 1 of 3 chunk\(s\) missing "
                                          r"\(chunk 0\): the catalog is damaged"):
         open_catalog(path)
+
+
+def test_a_damaged_particle_store_is_an_error_naming_it(tmp_path):
+    """particles.zarr carries the same per-chunk CRC32C and stores every chunk."""
+    n = 10
+    columns = {f: np.zeros(n, dt) for f, dt in DTYPES.items()}
+    columns["id"] = np.arange(n, dtype=DTYPES["id"])
+    columns["mass"] = np.ones(n)
+    path = write_particle_store(tmp_path / "particles.zarr", columns, {}, chunk_rows=4)
+    assert read_particle_store(path).load(["vx"])["vx"].tolist() == [0.0] * n  # zeros stored
+    chunk = path / "vx" / "c" / "2"
+    flipped = bytearray(chunk.read_bytes())
+    flipped[0] ^= 0x10
+    chunk.write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match=r"particles\.zarr/vx: a chunk in rows 0:10 .* damaged"):
+        read_particle_store(path).velocities()
+    (path / "age" / "c" / "1").unlink()
+    with pytest.raises(InputError, match=r"particles\.zarr/age: 1 of 3 chunk\(s\) missing"):
+        read_particle_store(path)
