@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -244,6 +245,36 @@ def test_a_killed_upsample_continues_each_region_from_its_last_batch(demo, tmp_p
     assert tree_bytes(run / "stars.zarr") == tree_bytes(reference / "stars.zarr")
 
 
+def test_a_preempted_upsample_resumes_the_region_from_its_last_batch(demo, tmp_path) -> None:
+    """SIGUSR1 (Slurm's warning before the time limit) mid-region: the stage checkpoints the
+    region at the batch it finished and exits 75; the requeued job continues from there."""
+    small = "upsample.batch_rows=2000"
+    reference = clone(demo["run"], tmp_path / "whole")
+    assert galmock(0, "upsample", demo["job"], reference, small).returncode == 0
+    run = clone(demo["run"], tmp_path / "preempted")
+    log = run / "logs" / "upsample.log"
+    cmd = [sys.executable, "-m", "galmock", "upsample", str(demo["job"]), "--output", str(run),
+           "--set", small]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and "stars (expected" in log.read_text()):  # sampling region 1
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.2, 0.6))  # a few of its ~40 batches in
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    assert "checkpointed for the rerun" in err
+    progress = BlockCatalog.staging_dir(run / "stars.zarr") / "progress"
+    assert len(list(progress.iterdir())) == 1
+    resumed = galmock(0, "upsample", demo["job"], run, small)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming at batch" in resumed.stderr
+    assert tree_bytes(run / "stars.zarr") == tree_bytes(reference / "stars.zarr")
+
+
 def test_a_second_upsample_on_the_same_run_directory_is_refused(demo, tmp_path) -> None:
     """Two jobs would share the staging area and could both exit 0 with a catalog mixing their
     rows (#16). While another process holds the run directory's upsample lock (taken exactly as
@@ -305,6 +336,20 @@ def test_verify_checks_every_product_and_names_the_damaged_one(demo, tmp_path) -
     assert "stars.zarr: failed (" in result.stdout
     assert "1 product(s) failed verification: stars.zarr" in result.stderr
     assert "Stored and computed checksum do not match" in result.stderr
+
+
+def test_a_stale_catalog_is_refused_by_convert_and_verify(demo, tmp_path) -> None:
+    """stars.zarr records what it was made from; after a change of upsample settings (or plan,
+    models, seed) convert and verify refuse it rather than convert old stars (#16)."""
+    run = clone(demo["run"], tmp_path / "stale-stars")
+    shutil.copytree(demo["run"] / "stars.zarr", run / "stars.zarr")
+    other = "upsample.sampling_fraction=2e-5"
+    for command in ("convert", "verify"):
+        result = galmock(0, command, demo["job"], run, other)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "stars.zarr: stale: made from other inputs than this job's" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (run / "catalog.zarr").exists()
 
 
 def test_a_corrupt_model_fails_the_job_naming_the_region(demo, tmp_path) -> None:

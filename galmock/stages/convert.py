@@ -80,6 +80,7 @@ from galmock.layout import RunLayout
 from galmock.locks import exclusive
 from galmock.parallel.dask import dask_client, track, wait_all
 from galmock.selection import CatalogSpec, SelectionSpec, load_catalog_spec, selection_mask
+from galmock.stages.upsample import require_current_stars
 from galmock.store import (
     CATALOG_FORMAT,
     STARS_FORMAT,
@@ -145,6 +146,7 @@ def run(job: JobConfig, client: Any = None) -> ConvertResult:
     specs = _load_specs(job.convert.selections)
     layout = RunLayout(job.run_dir)
     stars = open_catalog(layout.stars, format=STARS_FORMAT)
+    require_current_stars(job, stars)
     # The cluster first: under dask-mpi only the client rank gets past this line.
     with _client(job, client) as cluster_client, exclusive(layout.lock("convert"), "convert"):
         staging = layout.convert_staging

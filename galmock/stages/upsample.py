@@ -79,7 +79,14 @@ from galmock.sampling import (
     star_masses,
 )
 from galmock.seeds import region_seed
-from galmock.store import STAR_COLUMNS, BlockCatalog, RowLayout, is_current, zarr_attrs
+from galmock.store import (
+    STAR_COLUMNS,
+    BlockCatalog,
+    RowLayout,
+    StarCatalog,
+    is_current,
+    zarr_attrs,
+)
 from galmock.version import __version__
 
 log = logging.getLogger("galmock.upsample")
@@ -171,6 +178,30 @@ def _provenance(job: JobConfig, plan: RegionPlan) -> dict[str, Any]:
         "plan_regions": len(plan.regions),
         "frame": _FRAME,
     }
+
+
+def current_fingerprint(job: JobConfig) -> str:
+    """The fingerprint a ``stars.zarr`` made now from the run's plan, models and the job's
+    settings would record: a catalog recording another one is stale."""
+    plan = read_plan(RunLayout(job.run_dir).plan)
+    counts = star_counts(plan.regions, job.upsample, job.seed)
+    return _fingerprint(job, plan, counts, [model_location(job, plan, r.id) for r in plan.regions])
+
+
+def require_current_stars(job: JobConfig, catalog: StarCatalog) -> None:
+    """Refuse a ``stars.zarr`` made from other inputs than the job's (the plan, models, seed or
+    upsample settings changed since); catalogs not written by ``galmock upsample`` (no
+    fingerprint) are taken as they are.
+
+    Raises:
+        InputError: naming the catalog and what to rerun.
+    """
+    recorded = catalog.attrs.get("fingerprint")
+    if recorded is not None and recorded != current_fingerprint(job):
+        raise InputError(
+            f"{catalog.path}: stale: made from other inputs than this job's (the plan, models, "
+            "seed or upsample settings changed since): rerun `galmock upsample`"
+        )
 
 
 def _fingerprint(

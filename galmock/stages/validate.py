@@ -55,6 +55,7 @@ from galmock.plan import RegionPlan, read_plan
 from galmock.regions import RegionParticles
 from galmock.seeds import derive_seed
 from galmock.selection import load_catalog_spec, selection_mask
+from galmock.stages.upsample import require_current_stars
 from galmock.store import open_catalog
 from galmock.validate import figures
 from galmock.validate.classifier import (
@@ -380,9 +381,13 @@ def _read_stars(
     if not path.exists():
         return None
     cat = open_catalog(path)
+    require_current_stars(job, cat)
     step = max(1, math.ceil(len(cat) / rows))
     lazy = cat.to_dask(list(columns))
-    (cols,) = dask.compute({c: a[::step] for c, a in lazy.items()})
+    try:
+        (cols,) = dask.compute({c: a[::step] for c, a in lazy.items()})
+    except (ValueError, RuntimeError) as err:  # a chunk failing its CRC32C or its decoding
+        raise InputError(f"{path}: a chunk is damaged: {err}; rerun `galmock upsample`") from None
     return {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
 
 

@@ -6,8 +6,8 @@ A damaged, missing or stale product is named, never read as valid (#16). In orde
 - ``particles.zarr``: no chunk missing, every chunk's CRC32C;
 - ``models/region-NNNN``: weights match the manifest's sha256, and the run's own models were
   trained on the particles the plan now gives the region, with the job's seed and settings;
-- ``stars.zarr``: complete, no chunk missing, every chunk's CRC32C, and each region's rows
-  hash to the sha256 upsample recorded for them;
+- ``stars.zarr``: made from the current plan, models and settings; complete, no chunk
+  missing, every chunk's CRC32C, and each region's rows hash to the sha256 upsample recorded;
 - ``catalog.zarr``: complete, no chunk missing, every chunk's CRC32C.
 
 Products not made yet are reported as such and not counted as failures. The command prints one
@@ -45,6 +45,7 @@ from galmock.models import model_location, require_current
 from galmock.particles import read_particle_store
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import RegionParticles
+from galmock.stages.upsample import require_current_stars
 from galmock.store import CATALOG_FORMAT, STARS_FORMAT, columns_sha256, open_catalog
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run(job: JobConfig) -> list[Check]:
     # The models are checked against the plan's regions: only once the plan is readable.
     checks.append(_check("models", plan is not None and layout.models.exists(),
                          lambda: _models(job, plan)))  # type: ignore[arg-type]
-    checks.append(_check("stars.zarr", layout.stars.exists(), lambda: _stars(layout)))
+    checks.append(_check("stars.zarr", layout.stars.exists(), lambda: _stars(job, layout)))
     checks.append(_check("catalog.zarr", layout.catalog_zarr.exists(), lambda: _catalog(layout)))
     for c in checks:
         print(c.line())
@@ -124,8 +125,9 @@ def _models(job: JobConfig, plan: RegionPlan) -> str:
     return f"{len(plan.regions)} region model(s), {own}"
 
 
-def _stars(layout: RunLayout) -> str:
+def _stars(job: JobConfig, layout: RunLayout) -> str:
     catalog = open_catalog(layout.stars, format=STARS_FORMAT)  # complete, no chunk missing
+    require_current_stars(job, catalog)  # made from the current plan, models and settings
     records = catalog.attrs.get("blocks", [])
     for rec in records:
         a, b = int(rec["start"]), int(rec["start"]) + int(rec["rows"])
