@@ -72,6 +72,23 @@ def require_current(
                          "`galmock train` again")
 
 
+def require_trained_on(location: str | Path, pos: np.ndarray, vel: np.ndarray) -> None:
+    """Refuse a model whose manifest's training-data hash is not that of ``pos``/``vel`` (the
+    run's particles changed since: ingest or plan were rerun). Validate uses this weaker check:
+    it may compare the run's models under other flows settings, never on other particles.
+
+    Raises:
+        InputError: naming the model.
+    """
+    try:
+        recorded = read_manifest(location).get("training", {}).get("data_sha256")
+    except InputError:
+        return  # an unreadable manifest is load_artifact's to report
+    if recorded != data_sha256(pos, vel):
+        raise InputError(f"{location}: the model was trained on other particles than the run "
+                         "has now (ingest or plan were rerun): run `galmock train` again")
+
+
 def artifact_matches(
     location: str | Path,
     pos: np.ndarray | None,

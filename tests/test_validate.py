@@ -221,3 +221,21 @@ def test_other_flow_kinds_are_trained_once_and_cached(
     second = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "training maf" not in second.stderr  # the cached model is reused
+
+
+@pytest.mark.slow
+def test_models_trained_on_other_particles_are_refused(
+    validated: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
+    """Ingest and plan rerun on another galaxy, no train: validate would score the old models
+    against the new particles (#16); it refuses, naming the model."""
+    run = tmp_path / "run"
+    shutil.copytree(validated[0], run, ignore=shutil.ignore_patterns("report"))
+    sets = [*SMALL, "seed=3", "galaxy.demo.n_particles=140000"]
+    replanned = galmock("run", str(SOLAR), "--until", "plan", "--output", str(run), sets=sets)
+    assert replanned.returncode == 0, replanned.stderr[-3000:]
+    result = galmock("validate", str(SOLAR), "--output", str(run), sets=sets)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "region-0000: the model was trained on other particles than the run has now" \
+        in result.stderr
+    assert not (run / "report").exists()

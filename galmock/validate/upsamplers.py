@@ -41,7 +41,7 @@ from galmock.flows.ensemble import FlowEnsemble
 from galmock.flows.families import family_names
 from galmock.flows.training import fit_ensemble
 from galmock.layout import RunLayout, region_name
-from galmock.models import artifact_matches, model_location
+from galmock.models import artifact_matches, model_location, require_trained_on, training_seed
 from galmock.plan import RegionPlan
 from galmock.regions import RegionParticles
 from galmock.sampling import owned_batches, owned_volume
@@ -287,13 +287,15 @@ def load_flows(
                     f"{location}: trained model not found; validate.upsamplers lists {kind!r} "
                     f"(= flows.kind), which uses the run's models: run `galmock train` first"
                 )
+            if job.flows.load is None:  # the run's own models: trained on these particles?
+                require_trained_on(location, *data.phase_space(r.id))
             models.append(load_artifact(location))
         return models
     cfg = job.flows.model_copy(update={"kind": kind})
     cache = RunLayout(job.run_dir).validate_models(kind)
     for r in plan.regions:
         pos, vel = data.phase_space(r.id)
-        seed = derive_seed(job.seed, "train", r.id)
+        seed = training_seed(job.seed, r.id)
         artifact = cache / region_name(r.id)
         ok, why = artifact_matches(artifact, pos, vel, cfg, seed)
         if not ok:
