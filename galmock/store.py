@@ -57,7 +57,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from galmock.atomic import atomic_directory, atomic_write_text, replace_path
+from galmock.atomic import atomic_directory, atomic_write_text, remove_leftovers, replace_path
 from galmock.chunks import CHECKSUM, missing_chunks, open_for_writing, read_column
 from galmock.errors import InputError
 
@@ -645,8 +645,7 @@ class BlockCatalog:
         create it afresh (one process only). Leftovers of killed writers are removed."""
         target = Path(target)
         staging = cls.staging_dir(target)
-        for old in target.parent.glob(f".{target.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)  # a swap killed half-way
+        remove_leftovers(target)  # a swap killed half-way: the old catalog put back or removed
         found = _read_layout_file(staging)
         wanted = {
             "format": BLOCKS_FORMAT,
