@@ -147,6 +147,7 @@ class PlanConfig(Section):
     target_particles: Annotated[int, Field(ge=2)]
     margin_kpc: NonNegativeFloat
     margin_fraction: NonNegativeFloat | None
+    max_margin_ratio: PositiveFloat | None
     centre: Literal["sun"] | Vector3
     radius_kpc: PositiveFloat
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)]

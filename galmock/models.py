@@ -58,7 +58,8 @@ def training_seed(job_seed: int, region_id: int) -> int:
 
 
 def require_current(
-    location: str | Path, pos: np.ndarray, vel: np.ndarray, job: JobConfig, region_id: int
+    location: str | Path, pos: np.ndarray, vel: np.ndarray, job: JobConfig, region_id: int,
+    weight: np.ndarray | None = None,
 ) -> None:
     """Refuse a run's own model that no longer matches the job: trained on other particles
     (ingest or plan were rerun), with another seed or other flows settings.
@@ -66,13 +67,16 @@ def require_current(
     Raises:
         InputError: naming the model and why it is stale.
     """
-    ok, why = artifact_matches(location, pos, vel, job.flows, training_seed(job.seed, region_id))
+    ok, why = artifact_matches(location, pos, vel, job.flows, training_seed(job.seed, region_id),
+                               weight)
     if not ok:
         raise InputError(f"{location}: the model is stale for this job ({why}): run "
                          "`galmock train` again")
 
 
-def require_trained_on(location: str | Path, pos: np.ndarray, vel: np.ndarray) -> None:
+def require_trained_on(
+    location: str | Path, pos: np.ndarray, vel: np.ndarray, weight: np.ndarray | None = None
+) -> None:
     """Refuse a model whose manifest's training-data hash is not that of ``pos``/``vel`` (the
     run's particles changed since: ingest or plan were rerun). Validate uses this weaker check:
     it may compare the run's models under other flows settings, never on other particles.
@@ -84,7 +88,7 @@ def require_trained_on(location: str | Path, pos: np.ndarray, vel: np.ndarray) -
         recorded = read_manifest(location).get("training", {}).get("data_sha256")
     except InputError:
         return  # an unreadable manifest is load_artifact's to report
-    if recorded != data_sha256(pos, vel):
+    if recorded != data_sha256(pos, vel, weight):
         raise InputError(f"{location}: the model was trained on other particles than the run "
                          "has now (ingest or plan were rerun): run `galmock train` again")
 
@@ -95,9 +99,10 @@ def artifact_matches(
     vel: np.ndarray | None,
     cfg: FlowsConfig | None,
     seed: int,
+    weight: np.ndarray | None = None,
 ) -> tuple[bool, str]:
-    """Whether the artifact at ``location`` was trained on these particles with this seed and
-    recipe; with the reason when not."""
+    """Whether the artifact at ``location`` was trained on these particles (and training
+    weights) with this seed and recipe; with the reason when not."""
     if not (Path(location) / "manifest.json").is_file():
         return False, "not trained yet"
     assert pos is not None and vel is not None and cfg is not None
@@ -105,7 +110,7 @@ def artifact_matches(
         training = read_manifest(location).get("training", {})
     except InputError as err:
         return False, f"unreadable artifact ({err})"
-    if training.get("data_sha256") != data_sha256(pos, vel):
+    if training.get("data_sha256") != data_sha256(pos, vel, weight):
         return False, "trained on other particles"
     if training.get("seed") != seed:
         return False, "trained with another seed"

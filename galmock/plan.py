@@ -45,8 +45,9 @@ from tqdm import tqdm
 
 from galmock.atomic import atomic_write_text
 from galmock.errors import InputError
+from galmock.seeds import derive_seed
 
-PLAN_FORMAT = "galmock.plan/2"  # /2: per-region margins
+PLAN_FORMAT = "galmock.plan/3"  # /2: per-region margins; /3: thinned margins (margin_keep)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class Region:
 
     ``centre``/``radius`` enclose the region's training particles: the flows' position
     preprocessing maps that ball onto R^3 for a sphere plan. ``margin_kpc`` is how far, per
-    axis, the training volume reaches beyond the box.
+    axis, the training volume reaches beyond the box. ``margin_keep`` is the fraction of the
+    margin's particles in the training set, each standing for ``1 / margin_keep`` particles
+    (its training weight, :meth:`RegionPlan.training_weights`); owned particles weigh 1.
     """
 
     id: int
@@ -68,6 +71,7 @@ class Region:
     centre: tuple[float, float, float]
     radius: float
     margin_kpc: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    margin_keep: float = 1.0
 
     def contains(self, pos: np.ndarray) -> np.ndarray:
         """Boolean mask of positions inside the owned box ``[lower, upper)``."""
@@ -117,6 +121,7 @@ class RegionPlan:
     margin_kpc: float
     target_particles: int | None = None
     margin_fraction: float | None = None
+    max_margin_ratio: float | None = None
     tree: KDTree | None = None
     sphere_centre: tuple[float, float, float] | None = None
     sphere_radius: float | None = None
@@ -153,10 +158,15 @@ class RegionPlan:
         return tuple(region.centre), float(region.radius)  # type: ignore[return-value]
 
     def training_mask(
-        self, region_id: int, pos: np.ndarray, owner: np.ndarray | None = None
+        self,
+        region_id: int,
+        pos: np.ndarray,
+        owner: np.ndarray | None = None,
+        ids: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Particles a region's flows train on: owned, plus within the margin of its box.
+        """Particles a region's flows train on: owned, plus (kept) within the margin of its box.
 
+        ``ids`` pick the kept margin particles of a thinned region (``margin_keep`` < 1).
         Held-out particles are not removed here; combine with :func:`holdout_mask`.
         """
         pos = np.asarray(pos, dtype=np.float64)
@@ -164,23 +174,48 @@ class RegionPlan:
         if self.kind == "sphere":
             return owner == region_id
         mask = np.zeros(len(pos), dtype=bool)
-        mask[self.training_indices(region_id, pos, _members(owner, len(self.regions)))] = True
+        members = _members(owner, len(self.regions))
+        mask[self.training_indices(region_id, pos, members, ids)] = True
         return mask
 
     def training_indices(
-        self, region_id: int, pos: np.ndarray, members: Sequence[np.ndarray]
+        self,
+        region_id: int,
+        pos: np.ndarray,
+        members: Sequence[np.ndarray],
+        ids: np.ndarray | None = None,
     ) -> np.ndarray:
         """Sorted indices of a region's training particles, given each region's owned indices.
 
         Only regions whose boxes come within the margin can contribute, so this touches the
-        neighbours' particles rather than the whole galaxy.
+        neighbours' particles rather than the whole galaxy. A thinned region keeps a margin
+        particle when a hash of its id (``ids``, by index), the plan's seed and the region falls
+        below ``margin_keep``: the same particles whatever the order or the number of ranks.
         """
         region = self.regions[region_id]
         if self.kind == "sphere":
             return np.sort(members[region_id])
-        near = [r.id for r in self.regions if _boxes_overlap(r, region)]
-        idx = np.concatenate([members[i] for i in near])
-        return np.sort(idx[region.expanded_contains(pos[idx])])
+        near = [r.id for r in self.regions if r.id != region_id and _boxes_overlap(r, region)]
+        margin = np.concatenate([members[i] for i in near]) if near else members[region_id][:0]
+        margin = margin[region.expanded_contains(pos[margin])]
+        if region.margin_keep < 1.0:
+            if ids is None:
+                raise ValueError(f"region {region_id} thins its margin: pass the particle ids")
+            margin = margin[margin_kept(ids[margin], region.margin_keep, self.holdout_seed,
+                                        region_id)]
+        return np.sort(np.concatenate([members[region_id], margin]))
+
+    def training_weights(self, region_id: int, owner: np.ndarray) -> np.ndarray | None:
+        """Training weight per training particle, given their owners: 1 for owned particles,
+        ``1 / margin_keep`` for the margin's; ``None`` when every weight is 1.
+
+        A thinned margin's kept particles stand for the dropped ones, so the weighted training
+        set has the margin's density in expectation while the region trains on fewer rows.
+        """
+        keep = self.regions[region_id].margin_keep
+        if keep >= 1.0:
+            return None
+        return np.where(np.asarray(owner) == region_id, 1.0, 1.0 / keep)
 
     def summary(self) -> str:
         """A table of regions for the terminal."""
@@ -208,6 +243,9 @@ class RegionPlan:
             f"(min {min(owned)}, max {max(owned)} per region), margin {self.margin_kpc} kpc"
             + (f" at most, {self.margin_fraction} of each region's extent"
                if self.margin_fraction is not None else "")
+            + (f", margins thinned to at most {self.max_margin_ratio}x the owned particles in "
+               f"{sum(r.margin_keep < 1 for r in self.regions)} region(s)"
+               if self.max_margin_ratio is not None else "")
             + f"; training sets {sum(r.training_particles for r in self.regions)} particles"
             + (f", holdout fraction {self.holdout_fraction}" if self.holdout_fraction else "")
         )
@@ -221,6 +259,7 @@ class RegionPlan:
             "total_mass": self.total_mass,
             "margin_kpc": self.margin_kpc,
             "margin_fraction": self.margin_fraction,
+            "max_margin_ratio": self.max_margin_ratio,
             "target_particles": self.target_particles,
             "holdout_fraction": self.holdout_fraction,
             "holdout_seed": self.holdout_seed,
@@ -276,6 +315,7 @@ def read_plan(path: str | Path) -> RegionPlan:
             total_mass=data["total_mass"],
             margin_kpc=data["margin_kpc"],
             margin_fraction=data["margin_fraction"],
+            max_margin_ratio=data["max_margin_ratio"],
             target_particles=data["target_particles"],
             tree=tree,
             sphere_centre=tuple(data["sphere_centre"]) if data["sphere_centre"] else None,
@@ -308,6 +348,8 @@ def _inconsistency(plan: RegionPlan) -> str | None:
             return f"region {i} has owned_mass {r.owned_mass}"
         if not all(m >= 0 and math.isfinite(m) for m in r.margin_kpc):
             return f"region {i} has margin_kpc {list(r.margin_kpc)}"
+        if not 0.0 < r.margin_keep <= 1.0:
+            return f"region {i} has margin_keep {r.margin_keep}"
     owned = sum(r.owned_mass for r in plan.regions)
     if not math.isclose(owned, plan.total_mass, rel_tol=1e-9) and plan.kind == "kdtree":
         return f"the regions own {owned:.6g} Msun of total_mass {plan.total_mass:.6g}"
@@ -357,6 +399,13 @@ def holdout_mask(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return _uniform_hash(np.asarray(ids, dtype=np.int64), seed) < fraction
 
 
+def margin_kept(ids: np.ndarray, keep: float, seed: int, region_id: int) -> np.ndarray:
+    """Which of a thinned region's margin particles (by id) train: a hash of (seed, region,
+    id) below ``keep``, independent of order, ranks and the held-out draw."""
+    return _uniform_hash(np.asarray(ids, dtype=np.int64), derive_seed(seed, "margin",
+                                                                       region_id)) < keep
+
+
 def build_kdtree_plan(
     pos: np.ndarray,
     mass: np.ndarray,
@@ -366,11 +415,15 @@ def build_kdtree_plan(
     holdout_fraction: float = 0.0,
     seed: int = 0,
     margin_fraction: float | None = None,
+    max_margin_ratio: float | None = None,
 ) -> RegionPlan:
     """Split at medians along the widest (5–95 percentile) axis until cells own <= target.
 
     Each region's margin is ``margin_kpc`` per axis, or with ``margin_fraction`` that fraction
-    of its owned particles' 5-95 percentile range per axis, capped at ``margin_kpc``.
+    of its owned particles' 5-95 percentile range per axis, capped at ``margin_kpc``. With
+    ``max_margin_ratio``, a region whose margin holds more than that many times its owned
+    training particles trains on a random subset of them of that size, weighted up to stand
+    for the rest (``margin_keep``).
     """
     pos = np.asarray(pos, dtype=np.float64)
     axes: list[int] = []
@@ -413,7 +466,8 @@ def build_kdtree_plan(
     boxes = [(lo, hi) for _, lo, hi in leaves]
     return _finish_plan(
         "kdtree", pos, mass, ids, owner, boxes, margin_kpc, holdout_fraction, seed,
-        margin_fraction=margin_fraction, target_particles=target_particles, tree=tree,
+        margin_fraction=margin_fraction, max_margin_ratio=max_margin_ratio,
+        target_particles=target_particles, tree=tree,
     )  # fmt: skip
 
 
@@ -476,12 +530,20 @@ def _finish_plan(
         replace(r, margin_kpc=_margin(pos[members[r.id]], margin_kpc, fraction))
         for r in provisional.regions
     ))  # fmt: skip
+    ratio = extra.get("max_margin_ratio")
     regions = []
     for r in tqdm(provisional.regions, desc="plan: regions", unit="region", disable=None):
         train = provisional.training_indices(r.id, pos, members)
         use = train[~held[train]]
         if len(use) == 0:
             raise InputError(f"plan: region {r.id} has no training particles")
+        keep = _margin_keep(int((owner[use] == r.id).sum()), int((owner[use] != r.id).sum()),
+                            ratio)
+        if keep < 1.0:  # as training_indices does with this margin_keep
+            margin = train[owner[train] != r.id]
+            margin = margin[margin_kept(ids[margin], keep, seed, r.id)]
+            train = np.sort(np.concatenate([members[r.id], margin]))
+            use = train[~held[train]]
         centre, radius = _enclosing_ball(pos[use])
         regions.append(
             Region(
@@ -495,9 +557,23 @@ def _finish_plan(
                 centre=centre,
                 radius=radius,
                 margin_kpc=r.margin_kpc,
+                margin_keep=keep,
             )
         )
     return RegionPlan(**{**provisional.__dict__, "regions": tuple(regions)})
+
+
+def _margin_keep(owned: int, margin: int, max_ratio: float | None) -> float:
+    """The fraction of a region's margin particles it trains on: all of them, unless they
+    outnumber ``max_ratio`` times its owned ones.
+
+    Example:
+        >>> _margin_keep(1000, 300, 0.4), _margin_keep(1000, 800, 0.4), _margin_keep(10, 9, None)
+        (1.0, 0.5, 1.0)
+    """
+    if max_ratio is None or margin <= max_ratio * owned:
+        return 1.0
+    return max_ratio * owned / margin
 
 
 def _members(owner: np.ndarray, n_regions: int) -> list[np.ndarray]:

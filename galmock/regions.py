@@ -13,10 +13,12 @@ Example:
     >>> layout = RunLayout(job.run_dir)
     >>> _ = run_ingest(job), run_plan(job)  # particles.zarr, plan.json
     >>> data = RegionParticles(layout.particles, read_plan(layout.plan))
-    >>> pos, vel = data.phase_space(3)
+    >>> pos, vel, weight = data.training_set(3)
     >>> region = data.plan.regions[3]
     >>> len(pos) == region.training_particles, pos.shape[1], vel.shape[1]
     (True, 3, 3)
+    >>> weight is None  # margins under plan.max_margin_ratio: every particle weighs 1
+    True
     >>> data.particles(3).age.shape == (len(pos),)  # what stars inherit from their parents
     True
 """
@@ -24,12 +26,22 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from galmock.particles import read_particle_store
 from galmock.plan import RegionPlan, holdout_mask
 from galmock.sampling import Particles
+
+
+class TrainingSet(NamedTuple):
+    """A region's training particles: positions (kpc), velocities (km/s) and training weights
+    (``None``: all 1; else 1 for owned particles, ``1 / margin_keep`` for a thinned margin's)."""
+
+    pos: np.ndarray
+    vel: np.ndarray
+    weight: np.ndarray | None
 
 
 class RegionParticles:
@@ -46,21 +58,22 @@ class RegionParticles:
         self.pos = self.store.positions()
         self.vel = self.store.velocities()
         self.ids = self.store["id"][:]
-        owner = plan.owner(self.pos)
+        self.owner = owner = plan.owner(self.pos)
         order = np.argsort(owner, kind="stable")
         counts = np.bincount(owner[owner >= 0], minlength=len(plan.regions))
         self.members = np.split(order[int((owner < 0).sum()) :], np.cumsum(counts)[:-1])
         self.held = holdout_mask(self.ids, plan.holdout_fraction, plan.holdout_seed)
 
     def training_indices(self, region_id: int) -> np.ndarray:
-        """Owned plus margin particles, minus the held-out ones: what the flows train on."""
-        idx = self.plan.training_indices(region_id, self.pos, self.members)
+        """Owned plus (kept) margin particles, minus the held-out ones: what the flows train on."""
+        idx = self.plan.training_indices(region_id, self.pos, self.members, self.ids)
         return idx[~self.held[idx]]
 
-    def phase_space(self, region_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions (kpc) and velocities (km/s) of the region's training particles."""
+    def training_set(self, region_id: int) -> TrainingSet:
+        """The region's training particles with their training weights."""
         idx = self.training_indices(region_id)
-        return self.pos[idx], self.vel[idx]
+        return TrainingSet(self.pos[idx], self.vel[idx],
+                           self.plan.training_weights(region_id, self.owner[idx]))
 
     def particles(self, region_id: int) -> Particles:
         """The region's training particles with the properties stars inherit."""

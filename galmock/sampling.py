@@ -142,7 +142,9 @@ def owned_volume(plan: RegionPlan, region_id: int) -> Callable[[np.ndarray], np.
 def owned_acceptance_prior(region: Region) -> float:
     """A first guess of the fraction of flow draws inside the owned volume (it sizes the first
     batch only; later batches use the fraction seen so far)."""
-    total = region.training_particles + region.holdout_particles
+    # A thinned margin's kept particles stand for 1 / margin_keep each in the flow's density.
+    margin = region.training_particles + region.holdout_particles - region.owned_particles
+    total = region.owned_particles + max(margin, 0) / region.margin_keep
     return float(np.clip(region.owned_particles / max(total, 1), 0.05, 1.0))
 
 

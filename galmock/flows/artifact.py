@@ -75,10 +75,11 @@ PARTS = ("position", "velocity")
 M = TypeVar("M", bound=nn.Module)
 
 
-def data_sha256(pos: np.ndarray, vel: np.ndarray) -> str:
-    """sha256 of the training arrays as little-endian float64 (positions, then velocities)."""
+def data_sha256(pos: np.ndarray, vel: np.ndarray, weight: np.ndarray | None = None) -> str:
+    """sha256 of the training arrays as little-endian float64 (positions, then velocities, then
+    the training weights when there are any)."""
     digest = hashlib.sha256()
-    for a in (pos, vel):
+    for a in (pos, vel) if weight is None else (pos, vel, weight):
         digest.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
     return digest.hexdigest()
 

@@ -93,9 +93,11 @@ class DensityFlow(nn.Module, ABC):
     flow_matching: ClassVar[bool] = False
 
     def flow_matching_loss(
-        self, x: Tensor, context: Tensor | None, generator: torch.Generator
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator,
+        weight: Tensor | None = None,
     ) -> Tensor:
-        """Mean conditional flow-matching loss of rows ``x`` (families with a vector field)."""
+        """Mean (weighted mean) conditional flow-matching loss of rows ``x`` (families with a
+        vector field)."""
         raise TypeError(f"{self.kind}: this family does not train by flow matching")
 
     def sample(

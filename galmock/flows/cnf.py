@@ -224,22 +224,28 @@ class CNF(DensityFlow):
     flow_matching = True
 
     def flow_matching_loss(
-        self, x: Tensor, context: Tensor | None, generator: torch.Generator
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator,
+        weight: Tensor | None = None,
     ) -> Tensor:
         r"""Conditional flow matching on the straight path (Lipman et al. 2023; σ_min = 0).
 
         With base draws z ~ N(0, I) and t ~ U(0, 1) from ``generator`` (on the CPU, so a run is
         the same on any device), x_t = (1 − t) z + t x moves at the constant velocity x − z; the
-        loss is the mean of |F(x_t, t, c) − (x − z)|². Its minimiser is the marginal vector field
-        whose flow carries N(0, I) to the data, so :meth:`log_prob` and :meth:`generate` need no
-        change: one MLP evaluation per row instead of an RK4 solve with the trace.
+        loss is the mean (with ``weight``, the weighted mean) of |F(x_t, t, c) − (x − z)|². Its
+        minimiser is the marginal vector field whose flow carries N(0, I) to the data, so
+        :meth:`log_prob` and :meth:`generate` need no change: one MLP evaluation per row instead
+        of an RK4 solve with the trace.
         """
         self._check_context(x, context)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         t = torch.rand((x.shape[0], 1), generator=generator, dtype=x.dtype).to(x.device)
         xt = (1 - t) * z + t * x
         v = self.field(t, xt, context)
-        return ((v - (x - z)) ** 2).sum(dim=1).mean()
+        per_row = ((v - (x - z)) ** 2).sum(dim=1)
+        if weight is None:
+            return per_row.mean()
+        weight = weight.to(per_row.dtype)
+        return (per_row * weight).sum() / weight.sum()
 
     # -- transforms ----------------------------------------------------------------------------
 

@@ -17,7 +17,12 @@ for a sphere plan, else the log-radial map with ``log_radial_scale_kpc``) and
   until the validation loss has not improved for ``patience_epochs`` epochs, then restart from
   the best state at ``finetune_learning_rate`` with the same rule, and keep the best state
   (``max_epochs`` caps each of the two phases). The position flow p(r) trains first, then the
-velocity flow p(v | r); an ensemble repeats this for ``ensemble_size`` seeds. What the flows are
+velocity flow p(v | r); an ensemble repeats this for ``ensemble_size`` seeds.
+
+Rows may carry training weights (a region's thinned margin, :mod:`galmock.plan`): flow matching
+then draws its batch rows with probability proportional to the weight, likelihood training
+weights each row's negative log-likelihood, and both validation losses are weighted means, so
+the flow fits the weighted density. What the flows are
 is a :class:`~galmock.flows.families.FlowSpec` (family, network size, family options); where and
 how fast they train is a :class:`Runtime`, which never changes the weights (on CPU, for a fixed
 thread count). :func:`region_recipe` is what a trained model depends on: the artifact records
@@ -268,6 +273,7 @@ def fit_density_flow(
     label: str = "flow",
     *,
     runtime: Runtime | None = None,
+    weight: Tensor | None = None,
 ) -> FitReport:
     r"""Train ``flow`` on rows ``x`` (with ``context``) in place; the best weights are kept.
 
@@ -282,6 +288,7 @@ def fit_density_flow(
         label: names the flow in logs, errors and its shuffling seed.
         runtime: ``chunk_rows`` (validation loss) and ``checkpoint_every_epochs`` (default:
             :class:`Runtime`'s).
+        weight: positive training weight per row (n,), or ``None`` for equal weights.
 
     Raises:
         TrainingError: a training or validation loss is not finite (names the epoch).
@@ -292,6 +299,8 @@ def fit_density_flow(
     dtype = next(flow.parameters()).dtype
     x = x.to(device, dtype)
     context = None if context is None else context.to(device, dtype)
+    if weight is not None:
+        weight = weight.to(device, torch.float64)
     n = x.shape[0]
     n_val = max(1, round(recipe.validation_fraction * n))
     n_train = n - n_val
@@ -308,7 +317,10 @@ def fit_density_flow(
     optimizer = torch.optim.Adam(flow.parameters(), lr=recipe.learning_rate)
     state = _State()
     best: dict[str, Tensor] = _clone_state(flow)
-    key = _fingerprint(flow, x, context, recipe, seed, label)
+    key = _fingerprint(flow, x, context, recipe, seed, label, weight)
+    # Weighted flow matching draws batch rows by inverse CDF of the weights (torch.multinomial
+    # is limited to 2^24 categories).
+    cdf = None if weight is None else torch.cumsum(weight[train_idx], 0)
     chunk = resolve_chunk_rows(runtime.chunk_rows, device)
 
     if checkpoint_dir is not None:
@@ -336,6 +348,7 @@ def fit_density_flow(
             # batches_per_epoch steps of batch_rows rows drawn with replacement.
             size = min(recipe.batch_rows, n_train)
             batches = [torch.randint(n_train, (size,), generator=shuffle).to(device)
+                       if cdf is None else _weighted_draw(cdf, size, shuffle)
                        for _ in range(recipe.batches_per_epoch)]
         else:
             batches = list(torch.randperm(n_train, generator=shuffle).to(device).chunk(
@@ -346,8 +359,11 @@ def fit_density_flow(
             ctx = None if context is None else context[rows]
             if matching:
                 loss = flow.flow_matching_loss(x[rows], ctx, shuffle)
-            else:
+            elif weight is None:
                 loss = -flow.log_prob(x[rows], ctx).mean()
+            else:
+                w = weight[rows]
+                loss = -(flow.log_prob(x[rows], ctx) * w.to(dtype)).sum() / w.sum().to(dtype)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{label}: non-finite training loss ({loss.item()}) at epoch "
@@ -360,12 +376,13 @@ def fit_density_flow(
             optimizer.step()
         flow.eval()
         val_ctx = None if context is None else context[val_idx]
+        val_w = None if weight is None else weight[val_idx]
         if matching:
             # The same noise every epoch: epochs are compared on paired draws.
             val_loss = _mean_matching_loss(flow, x[val_idx], val_ctx,
-                                           derive_seed(seed, label, "validation"), chunk)
+                                           derive_seed(seed, label, "validation"), chunk, val_w)
         else:
-            val_loss = _mean_nll(flow, x[val_idx], val_ctx, chunk)
+            val_loss = _mean_nll(flow, x[val_idx], val_ctx, chunk, val_w)
         state.epoch += 1
         state.phase_epoch += 1
         state.epochs[state.phase] += 1
@@ -407,8 +424,16 @@ def fit_density_flow(
                      list(state.resumed_from_epoch), list(state.history))
 
 
+def _weighted_draw(cdf: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` row indices drawn with replacement, row i with probability ∝ its weight
+    (``cdf``: the cumulative weights); uniforms from ``generator`` on the CPU."""
+    u = torch.rand(size, generator=generator, dtype=torch.float64).to(cdf.device) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
+
+
 def _mean_matching_loss(
-    flow: DensityFlow, x: Tensor, context: Tensor | None, seed: int, chunk: int
+    flow: DensityFlow, x: Tensor, context: Tensor | None, seed: int, chunk: int,
+    weight: Tensor | None = None,
 ) -> float:
     generator = _generator(seed)
     total = 0.0
@@ -416,18 +441,23 @@ def _mean_matching_loss(
         for start in range(0, x.shape[0], chunk):
             sl = slice(start, start + chunk)
             c = None if context is None else context[sl]
-            total += float(flow.flow_matching_loss(x[sl], c, generator)) * x[sl].shape[0]
-    return total / x.shape[0]
+            w = None if weight is None else weight[sl]
+            mean = float(flow.flow_matching_loss(x[sl], c, generator, w))
+            total += mean * (x[sl].shape[0] if w is None else float(w.sum()))
+    return total / (x.shape[0] if weight is None else float(weight.sum()))
 
 
-def _mean_nll(flow: DensityFlow, x: Tensor, context: Tensor | None, chunk: int) -> float:
+def _mean_nll(
+    flow: DensityFlow, x: Tensor, context: Tensor | None, chunk: int,
+    weight: Tensor | None = None,
+) -> float:
     total = 0.0
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             sl = slice(start, start + chunk)
-            logp = flow.log_prob(x[sl], None if context is None else context[sl])
-            total -= float(logp.double().sum())
-    return total / x.shape[0]
+            logp = flow.log_prob(x[sl], None if context is None else context[sl]).double()
+            total -= float(logp.sum() if weight is None else (logp * weight[sl]).sum())
+    return total / (x.shape[0] if weight is None else float(weight.sum()))
 
 
 def _clone_state(flow: DensityFlow) -> dict[str, Tensor]:
@@ -436,16 +466,16 @@ def _clone_state(flow: DensityFlow) -> dict[str, Tensor]:
 
 def _fingerprint(
     flow: DensityFlow, x: Tensor, context: Tensor | None, recipe: TrainingRecipe, seed: int,
-    label: str,
+    label: str, weight: Tensor | None = None,
 ) -> str:
-    """What a checkpoint must match to be resumed: data, architecture, loop settings, seed,
-    label."""
+    """What a checkpoint must match to be resumed: data (and weights), architecture, loop
+    settings, seed, label."""
     return fingerprint({
         "architecture": flow.architecture(),
         "recipe": recipe.loop_settings(),
         "seed": seed,
         "label": label,
-        "data": tensor_sha256(x, context),
+        "data": tensor_sha256(x, context, weight),
     })  # fmt: skip
 
 
@@ -469,6 +499,17 @@ def _check_arrays(pos: np.ndarray, vel: np.ndarray) -> tuple[np.ndarray, np.ndar
     return pos, vel
 
 
+def _check_weight(weight: np.ndarray, n: int) -> np.ndarray:
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
+    if weight.shape != (n,):
+        raise InputError(f"training weights must have shape ({n},), got {weight.shape}")
+    bad = ~(np.isfinite(weight) & (weight > 0))
+    if bad.any():
+        raise InputError(f"training weights: {int(bad.sum())} are not finite and positive "
+                         f"(first: row {int(np.argmax(bad))}, {weight[np.argmax(bad)]})")
+    return weight
+
+
 def fit_phase_space_flow(
     pos: np.ndarray,
     vel: np.ndarray,
@@ -480,6 +521,7 @@ def fit_phase_space_flow(
     workdir: str | Path | None = None,
     *,
     runtime: Runtime | None = None,
+    weight: np.ndarray | None = None,
 ) -> tuple[PhaseSpaceFlow, MemberReport]:
     r"""Train p(r) then p(v | r) on one region's particles (kpc, km/s; float64 arrays (n, 3)).
 
@@ -493,9 +535,12 @@ def fit_phase_space_flow(
         workdir: checkpoints go to ``workdir/{position,velocity}.ckpt``.
         runtime: device, chunking, compile flag and checkpoint interval (default:
             :class:`Runtime`'s).
+        weight: training weight per particle (n,), ``None`` for equal weights; both flows fit
+            the weighted density (p(v | r) needs them only where weights depend on more than r).
     """
     runtime = runtime or Runtime()
     pos, vel = _check_arrays(pos, vel)
+    w = None if weight is None else torch.from_numpy(_check_weight(weight, len(pos)))
     device = resolve_device(runtime.device)
     if radius is None:
         pos_pre = PositionPreprocessing.fit_log_radial(pos, centre, recipe.log_radial_scale_kpc,
@@ -515,7 +560,7 @@ def fit_phase_space_flow(
                         derive_seed(seed, label, "init")).to(device)
         ckpt = None if workdir is None else Path(workdir) / f"{label}.ckpt"
         reports[label] = fit_density_flow(flow, x, context, recipe, seed, ckpt, label,
-                                          runtime=runtime)
+                                          runtime=runtime, weight=w)
         flows[label] = flow.eval()
     model = PhaseSpaceFlow(
         flows["position"], flows["velocity"], pos_pre, vel_pre, v_max,
@@ -537,11 +582,13 @@ def fit_ensemble(
     artifact: str | Path | None = None,
     *,
     runtime: Runtime | None = None,
+    weight: np.ndarray | None = None,
 ) -> FlowEnsemble:
     r"""Train ``recipe.ensemble_size`` members into an equal-weight mixture.
 
     Arguments:
-        pos, vel, spec, recipe, centre, radius, runtime: as for :func:`fit_phase_space_flow`.
+        pos, vel, spec, recipe, centre, radius, runtime, weight: as for
+            :func:`fit_phase_space_flow`.
         seed: the region's seed; member k trains with ``derive_seed(seed, "member", k)``.
         workdir: member k checkpoints under ``workdir/member-kk/``; a finished member is not
             retrained when the run is repeated.
@@ -558,7 +605,7 @@ def fit_ensemble(
         member_seed = derive_seed(seed, "member", k)
         member_dir = None if workdir is None else Path(workdir) / f"member-{k:02d}"
         model, report = fit_phase_space_flow(pos, vel, spec, recipe, member_seed, centre, radius,
-                                             member_dir, runtime=runtime)
+                                             member_dir, runtime=runtime, weight=weight)
         members.append(model)
         reports.append(report)
         log.info("member %d/%d trained: validation loss %.5g (position) %.5g (velocity)", k + 1,
@@ -567,7 +614,9 @@ def fit_ensemble(
     device = members[0].device
     training = {
         "particles": len(pos),
-        "data_sha256": data_sha256(pos, vel),
+        # Sum of the training weights: the particles the weighted training set stands for.
+        "weighted_particles": float(len(pos) if weight is None else np.sum(weight)),
+        "data_sha256": data_sha256(pos, vel, weight),
         "seed": int(seed),
         "wall_time_s": time.perf_counter() - started,
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),

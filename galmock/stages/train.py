@@ -82,10 +82,10 @@ def _train(job: JobConfig, rank: Rank) -> None:
             return  # preempted: drain the queue without starting work; the rerun does it
         if not data:
             data.append(RegionParticles(layout.particles, plan))
-        pos, vel = data[0].phase_space(rid)
+        pos, vel, weight = data[0].training_set(rid)
         seed = training_seed(job.seed, rid)
         artifact = layout.model(rid)
-        ok, why = artifact_matches(artifact, pos, vel, job.flows, seed)
+        ok, why = artifact_matches(artifact, pos, vel, job.flows, seed, weight)
         if job.upsample.properties == "flow":
             _train_properties(job, data[0], rid, layout)
         if ok:
@@ -97,7 +97,8 @@ def _train(job: JobConfig, rank: Rank) -> None:
         try:
             centre, radius = plan.position_map(rid)
             fit_ensemble(pos, vel, job.flows.spec(), job.flows.training, seed, centre, radius,
-                         workdir=workdir, artifact=artifact, runtime=job.flows.runtime())
+                         workdir=workdir, artifact=artifact, runtime=job.flows.runtime(),
+                         weight=weight)
         except preempt.Preempted as stop:
             log.info("%s: region %d: %s; the rerun resumes from %s", rank, rid, stop, workdir)
             return
@@ -120,7 +121,10 @@ def _train(job: JobConfig, rank: Rank) -> None:
 
 def _train_properties(job: JobConfig, data: RegionParticles, rid: int, layout: RunLayout) -> None:
     """``upsample.properties: flow``: region ``rid``'s property flow, unless a current one is
-    there (``models/region-NNNN-properties``)."""
+    there (``models/region-NNNN-properties``).
+
+    No training weights: the flow is conditional on the phase-space position, and a thinned
+    margin drops particles by position alone, which leaves p(properties | r, v) unchanged."""
     particles = data.particles(rid)
     train_property_flow(
         layout.property_model(rid), layout.property_workdir(rid), particles.pos, particles.vel,

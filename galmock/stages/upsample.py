@@ -269,7 +269,8 @@ class _RegionSampler:
                 self.data = RegionParticles(RunLayout(job.run_dir).particles, self.plan)
             particles = self.data.particles(rid)
             if job.flows.load is None:  # the run's own models: trained on these particles?
-                require_current(self.locations[rid], particles.pos, particles.vel, job, rid)
+                require_current(self.locations[rid], particles.pos, particles.vel, job, rid,
+                                self.data.training_set(rid).weight)
             matcher = ParentMatcher(particles.pos, particles.vel, rank.device)
             model = load_artifact(self.locations[rid], device=rank.device)
             model.configure(chunk_rows=resolve_chunk_rows(job.flows.chunk_rows, rank.device),

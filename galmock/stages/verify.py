@@ -119,8 +119,8 @@ def _models(job: JobConfig, plan: RegionPlan) -> str:
         location = model_location(job, plan, r.id)
         load_artifact(location)  # weights against the manifest's sha256, architecture
         if data is not None:
-            pos, vel = data.phase_space(r.id)
-            require_current(location, pos, vel, job, r.id)
+            pos, vel, weight = data.training_set(r.id)
+            require_current(location, pos, vel, job, r.id, weight)
     own = "trained on the current particles" if data is not None else f"from {job.flows.load}"
     return f"{len(plan.regions)} region model(s), {own}"
 

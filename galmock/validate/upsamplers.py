@@ -288,23 +288,23 @@ def load_flows(
                     f"(= flows.kind), which uses the run's models: run `galmock train` first"
                 )
             if job.flows.load is None:  # the run's own models: trained on these particles?
-                require_trained_on(location, *data.phase_space(r.id))
+                require_trained_on(location, *data.training_set(r.id))
             models.append(load_artifact(location))
         return models
     cfg = job.flows.model_copy(update={"kind": kind})
     cache = RunLayout(job.run_dir).validate_models(kind)
     for r in plan.regions:
-        pos, vel = data.phase_space(r.id)
+        pos, vel, weight = data.training_set(r.id)
         seed = training_seed(job.seed, r.id)
         artifact = cache / region_name(r.id)
-        ok, why = artifact_matches(artifact, pos, vel, cfg, seed)
+        ok, why = artifact_matches(artifact, pos, vel, cfg, seed, weight)
         if not ok:
             log.info("validate: training %s for region %d on %d particles (%s)", kind, r.id,
                      len(pos), why)
             workdir = cache / f"{region_name(r.id)}.work"
             centre, radius = plan.position_map(r.id)
             fit_ensemble(pos, vel, cfg.spec(), cfg.training, seed, centre, radius,
-                         workdir=workdir, artifact=artifact, runtime=cfg.runtime())
+                         workdir=workdir, artifact=artifact, runtime=cfg.runtime(), weight=weight)
             shutil.rmtree(workdir, ignore_errors=True)
         models.append(load_artifact(artifact))
     return models
