@@ -570,9 +570,11 @@ def _margin_keep(owned: int, margin: int, max_ratio: float | None) -> float:
     Example:
         >>> _margin_keep(1000, 300, 0.4), _margin_keep(1000, 800, 0.4), _margin_keep(10, 9, None)
         (1.0, 0.5, 1.0)
+        >>> _margin_keep(0, 50, 0.4)  # every owned particle held out: thinning has no scale
+        1.0
     """
-    if max_ratio is None or margin <= max_ratio * owned:
-        return 1.0
+    if max_ratio is None or margin <= max_ratio * owned or owned == 0:
+        return 1.0  # (a region with every owned particle held out keeps its whole margin)
     return max_ratio * owned / margin
 
 

@@ -17,7 +17,8 @@ Example:
     >>> region = data.plan.regions[3]
     >>> len(pos) == region.training_particles, pos.shape[1], vel.shape[1]
     (True, 3, 3)
-    >>> weight is None  # margins under plan.max_margin_ratio: every particle weighs 1
+    >>> keep = region.margin_keep  # < 1: the margin is thinned (plan.max_margin_ratio)
+    >>> weight is None if keep == 1 else sorted(set(weight)) == [1.0, 1.0 / keep]
     True
     >>> data.particles(3).age.shape == (len(pos),)  # what stars inherit from their parents
     True

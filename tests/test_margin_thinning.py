@@ -94,3 +94,14 @@ def test_weighted_likelihood_loss_is_that_of_the_repeated_rows() -> None:
     weighted = _mean_nll(flow, x, None, 7, reps.double())
     repeated = _mean_nll(flow, x.repeat_interleave(reps, 0), None, 7)
     assert math.isclose(weighted, repeated, rel_tol=1e-6)
+
+
+def test_a_region_with_every_owned_particle_held_out_keeps_its_margin() -> None:
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(2000, 3))
+    plan = build_kdtree_plan(pos, np.ones(2000), np.arange(2000), 4, 0.5, holdout_fraction=0.5,
+                             seed=1, max_margin_ratio=0.4)
+    owner = plan.owner(pos)
+    held = holdout_mask(np.arange(2000), 0.5, 1)
+    empty = [r for r in plan.regions if not (~held & (owner == r.id)).any()]
+    assert empty and all(r.margin_keep == 1.0 for r in empty)
