@@ -65,7 +65,7 @@ def prepare(job: Path, base: Path, sets: list[str], epochs: int) -> None:
 def upsample(job: Path, base: Path, run: Path, ranks: int, sets: list[str]) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    for name in ("particles.zarr", "models"):
+    for name in ("particles.zarr", "training.zarr", "models"):
         shutil.copytree(base / name, run / name)
     shutil.copy(base / "plan.json", run / "plan.json")
     result, wall = galmock(ranks, "upsample", str(job), "--output", str(run), *sets)

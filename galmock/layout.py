@@ -9,6 +9,7 @@ the scheduler's progress probes and validation ask it instead of joining strings
     <run>/logs/<stage>.log        one log per stage (and slurm-<stage>-<jobid>.out)
     <run>/particles.zarr/         ingest (or generate)
     <run>/plan.json               plan
+    <run>/training.zarr/          plan: each region's training particles, region after region
     <run>/models/region-NNNN/     train: one flow ensemble per region
         region-NNNN.work/         its checkpoints until the artifact is saved
         region-NNNN-properties/   upsample.properties: flow: the region's property flow
@@ -120,6 +121,10 @@ class RunLayout:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training.zarr"
 
     @property
     def models(self) -> Path:

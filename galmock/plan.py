@@ -179,7 +179,7 @@ class RegionPlan:
         if self.kind == "sphere":
             return owner == region_id
         mask = np.zeros(len(pos), dtype=bool)
-        members = _members(owner, len(self.regions))
+        members = owned_indices(owner, len(self.regions))
         mask[self.training_indices(region_id, pos, members, ids)] = True
         return mask
 
@@ -529,7 +529,7 @@ def _finish_plan(
     )
     owned_counts = np.bincount(owner[owner >= 0], minlength=len(boxes))
     owned_mass = np.bincount(owner[owner >= 0], weights=mass[owner >= 0], minlength=len(boxes))
-    members = _members(owner, len(boxes))
+    members = owned_indices(owner, len(boxes))
     fraction = extra.get("margin_fraction")
     provisional = replace(provisional, regions=tuple(
         replace(r, margin_kpc=_margin(pos[members[r.id]], margin_kpc, fraction))
@@ -583,7 +583,7 @@ def _margin_keep(owned: int, margin: int, max_ratio: float | None) -> float:
     return max_ratio * owned / margin
 
 
-def _members(owner: np.ndarray, n_regions: int) -> list[np.ndarray]:
+def owned_indices(owner: np.ndarray, n_regions: int) -> list[np.ndarray]:
     """Indices owned by each region (unowned, -1, dropped)."""
     order = np.argsort(owner, kind="stable")
     counts = np.bincount(owner[owner >= 0], minlength=n_regions)

@@ -203,7 +203,9 @@ class ParentMatcher:
 
     On the CPU a k-d tree; with a CUDA ``device`` (or ``brute=True``) an exact brute-force
     search in float64 with torch (a CPU tree answers ~1e5 queries/s per core, far below a GPU
-    flow's sampling rate).
+    flow's sampling rate). Ties: duplicated particles (the same 6-D point) are searched once, as
+    their lowest row, so a star near them gets that row as its parent on either path; the two
+    paths can differ only where distances to distinct particles agree to the last bit.
 
     Example:
         >>> train_pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -228,6 +230,10 @@ class ParentMatcher:
         scale = x.std(axis=0)
         self.scale = np.where(scale > 0, scale, 1.0)  # a constant coordinate carries no distance
         z = (x - self.mean) / self.scale
+        # The first row of each distinct point (np.unique's index is of the first occurrence).
+        _, first = np.unique(z, axis=0, return_index=True)
+        self.rows = np.sort(first)
+        z = z[self.rows]
         on_gpu = device is not None and str(device).startswith("cuda")
         self.device = (device or "cpu") if (on_gpu if brute is None else brute) else None
         if self.device is None:
@@ -243,10 +249,10 @@ class ParentMatcher:
             return np.zeros(0, dtype=np.int64)
         z = (x - self.mean) / self.scale
         if self.device is not None:
-            return self._query_torch(z)
+            return self.rows[self._query_torch(z)]
         # One worker: the ranks already use the cores, and ties then resolve the same way.
         _, idx = self.tree.query(z, k=1, workers=1)
-        return np.asarray(idx, dtype=np.int64)
+        return self.rows[np.asarray(idx, dtype=np.int64)]
 
     def _query_torch(self, z: np.ndarray) -> np.ndarray:
         out = np.empty(len(z), dtype=np.int64)

@@ -28,8 +28,9 @@ from galmock.stages import run_stage, stage
 REPO = Path(__file__).resolve().parent.parent
 KILLS = 5
 STAGES = ("ingest", "plan", "train", "upsample", "convert")
-PRODUCTS = {"ingest": ["particles.zarr"], "plan": ["plan.json"], "train": ["models"],
-            "upsample": ["stars.zarr"], "convert": ["catalog.zarr"]}  # fmt: skip
+PRODUCTS = {"ingest": ["particles.zarr"], "plan": ["plan.json", "training.zarr"],
+            "train": ["models"], "upsample": ["stars.zarr"],
+            "convert": ["catalog.zarr"]}  # fmt: skip
 # Timestamps and run history (where a fit resumed), not content: the weights must match.
 VOLATILE = {"created", "created_utc", "wall_time_s", "resumed_from_epoch"}
 LEFTOVER_MARKS = (".tmp-", ".old-", ".partial", ".work")

@@ -79,6 +79,7 @@ def clone(base: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     shutil.copytree(base / "particles.zarr", dest / "particles.zarr")
     shutil.copy(base / "plan.json", dest / "plan.json")
+    shutil.copytree(base / "training.zarr", dest / "training.zarr")
     shutil.copytree(base / "models", dest / "models")
     return dest
 

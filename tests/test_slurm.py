@@ -163,7 +163,7 @@ def test_chain_runs_through_sbatch_and_equals_the_local_run(chain) -> None:
 def test_failed_stage_cancels_its_dependants_and_status_says_so(chain, tmp_path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    for item in ("particles.zarr", "plan.json"):
+    for item in ("particles.zarr", "plan.json", "training.zarr"):
         src = chain[0] / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, run / item)
     bad = [*SETS, f"flows.load={tmp_path}/no-such-models"]
@@ -194,7 +194,7 @@ def test_preempted_upsample_requeues_resumes_and_matches(chain, tmp_path) -> Non
     for name in ("reference", "slurm"):
         runs[name] = tmp_path / name
         runs[name].mkdir()
-        for item in ("particles.zarr", "plan.json", "models"):
+        for item in ("particles.zarr", "plan.json", "training.zarr", "models"):
             src = chain[0] / item
             (shutil.copytree if src.is_dir() else shutil.copy)(src, runs[name] / item)
     mpiexec = str(Path(sys.executable).parent / "mpiexec")

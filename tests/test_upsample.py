@@ -139,3 +139,20 @@ def test_star_columns_have_the_catalog_dtypes_and_parent_properties() -> None:
     assert {c: v.dtype for c, v in cols.items()} == {c: s.dtype for c, s in STAR_COLUMNS.items()}
     assert cols["parent_id"].tolist() == [20, 10] and cols["age"].tolist() == [9.0, 3.0]
     assert cols["region"].tolist() == [4, 4] and cols["vz"].tolist() == [-3.0, -6.0]
+
+
+def test_duplicated_particles_parent_the_lowest_row_on_both_paths() -> None:
+    """The tie rule: a star nearest to a point that several particles share (snapshots do
+    repeat particles) gets the first of them, from the tree and from the brute-force path (a
+    k-d tree alone returns whichever copy its traversal meets first: here never row 0's)."""
+    rng = np.random.default_rng(5)
+    pos, vel = rng.normal(0, 1, (2000, 3)), rng.normal(0, 100, (2000, 3))
+    rows = np.sort(rng.choice(2000, 40, replace=False))
+    pos[rows], vel[rows] = pos[rows[0]], vel[rows[0]]
+    qp = np.vstack([pos[rows[:1]] + 1e-6, rng.normal(0, 1, (300, 3))])
+    qv = np.vstack([vel[rows[:1]], rng.normal(0, 100, (300, 3))])
+    tree = ParentMatcher(pos, vel).query(qp, qv)
+    brute = ParentMatcher(pos, vel, brute=True).query(qp, qv)
+    assert tree[0] == rows[0]
+    assert np.array_equal(tree, brute)
+    assert not np.isin(tree, rows[1:]).any()  # never a later copy

@@ -1,4 +1,4 @@
-"""The ``plan`` stage: ``<run>/particles.zarr`` → ``<run>/plan.json``.
+"""The ``plan`` stage: ``<run>/particles.zarr`` → ``<run>/plan.json`` and ``<run>/training.zarr``.
 
 ``plan.kind: kdtree`` tiles the whole galaxy into k-d regions of at most
 ``plan.target_particles`` owned particles (:func:`galmock.plan.build_kdtree_plan`);
@@ -25,6 +25,7 @@ from galmock.config import JobConfig
 from galmock.layout import RunLayout
 from galmock.particles import read_particle_store
 from galmock.plan import RegionPlan, build_kdtree_plan, build_sphere_plan
+from galmock.regions import write_training_store
 from galmock.sampling import expected_stars, size_warning
 from galmock.version import __version__
 
@@ -32,7 +33,8 @@ log = logging.getLogger("galmock.plan")
 
 
 def run(job: JobConfig) -> RegionPlan:
-    """Run the plan stage: ``particles.zarr`` -> ``plan.json``. Returns the plan."""
+    """Run the plan stage: ``particles.zarr`` -> ``plan.json`` and ``training.zarr``. Returns
+    the plan."""
     layout = RunLayout(job.run_dir)
     store = read_particle_store(layout.particles)
     pos = store.positions()
@@ -50,6 +52,10 @@ def run(job: JobConfig) -> RegionPlan:
             pos, mass, ids, centre, cfg.radius_kpc, cfg.holdout_fraction, job.seed
         )
     plan = replace(plan, meta={"particles": str(store.path), "galmock_version": __version__})
+    del pos, mass, ids
+    # The training store first: it records the plan's hash, so a run killed between the two
+    # leaves a store that the old plan.json refuses, never a silent mismatch.
+    write_training_store(layout.training, plan, store)
     plan.write(layout.plan)
     warning = size_warning(float(expected_stars(plan.regions, job.upsample).sum()), job.upsample)
     if warning:

@@ -81,7 +81,7 @@ def _train(job: JobConfig, rank: Rank) -> None:
         if preempt.requested():
             return  # preempted: drain the queue without starting work; the rerun does it
         if not data:
-            data.append(RegionParticles(layout.particles, plan))
+            data.append(RegionParticles(layout.training, plan))
         pos, vel, weight = data[0].training_set(rid)
         seed = training_seed(job.seed, rid)
         artifact = layout.model(rid)

@@ -266,7 +266,7 @@ class _RegionSampler:
         spent = {"flow": 0.0, "parents": 0.0, "write": 0.0}
         if n:
             if self.data is None:
-                self.data = RegionParticles(RunLayout(job.run_dir).particles, self.plan)
+                self.data = RegionParticles(RunLayout(job.run_dir).training, self.plan)
             particles = self.data.particles(rid)
             if job.flows.load is None:  # the run's own models: trained on these particles?
                 require_current(self.locations[rid], particles.pos, particles.vel, job, rid,

@@ -52,7 +52,7 @@ from galmock.locks import exclusive
 from galmock.models import model_location
 from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
-from galmock.regions import RegionParticles
+from galmock.regions import GalaxyParticles, RegionParticles
 from galmock.seeds import derive_seed
 from galmock.selection import load_catalog_spec, selection_mask
 from galmock.stages.upsample import require_current_stars
@@ -136,7 +136,8 @@ def _validate(job: JobConfig) -> dict[str, Any]:
     # torch threads and device, as train/upsample use them
     rank = setup_rank(job.flows.device, job.flows.threads)
     layout = RunLayout(job.run_dir)
-    data = RegionParticles(layout.particles, plan)
+    data = GalaxyParticles(layout.particles, plan)  # the test sets: the whole galaxy
+    regions = RegionParticles(layout.training, plan)  # the flows' training sets
     attrs = data.store.attrs
     truth, truth_reason = truth_for(job, attrs)
     selection = Selection.within(plan, attrs.get("select_radius_kpc"), cfg.within_kpc)
@@ -164,7 +165,7 @@ def _validate(job: JobConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         if spec.kind == "flow":
             assert spec.flow_kind is not None
-            models = load_flows(job, plan, spec.flow_kind, data)
+            models = load_flows(job, plan, spec.flow_kind, regions)
             for m in models:
                 m.to(rank.device)
             flows[spec.label] = FlowUpsampler(spec.label, models, plan, selection)
@@ -335,7 +336,7 @@ def _mmd(
 
 
 def _seams(
-    job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: RegionParticles,
+    job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: GalaxyParticles,
     truth: DemoTruth | None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """Seams on the production stars (up to ``seam_stars`` of them, an even stride through

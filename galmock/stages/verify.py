@@ -4,6 +4,7 @@ A damaged, missing or stale product is named, never read as valid (#16). In orde
 
 - ``plan.json``: readable and consistent (ids, masses, boxes exactly the split tree's leaves);
 - ``particles.zarr``: no chunk missing, every chunk's CRC32C;
+- ``training.zarr``: written for the current plan, no chunk missing, every chunk's CRC32C;
 - ``models/region-NNNN``: weights match the manifest's sha256, and the run's own models were
   trained on the particles the plan now gives the region, with the job's seed and settings;
 - ``stars.zarr``: made from the current plan, models and settings; complete, no chunk
@@ -21,6 +22,7 @@ Example:
     >>> checks = run(job)
     plan.json: ok (4 regions)
     particles.zarr: ok (4,000 particles)
+    training.zarr: ok (... rows for 4 regions)
     models: not made yet
     stars.zarr: not made yet
     catalog.zarr: not made yet
@@ -37,6 +39,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from galmock.chunks import read_column
 from galmock.config import JobConfig
 from galmock.errors import GalmockError, InputError
 from galmock.flows.artifact import load_artifact
@@ -44,7 +47,7 @@ from galmock.layout import RunLayout
 from galmock.models import model_location, require_current
 from galmock.particles import read_particle_store
 from galmock.plan import RegionPlan, read_plan
-from galmock.regions import RegionParticles
+from galmock.regions import TRAINING_COLUMNS, RegionParticles
 from galmock.stages.upsample import require_current_stars
 from galmock.store import CATALOG_FORMAT, STARS_FORMAT, columns_sha256, open_catalog
 
@@ -77,6 +80,8 @@ def run(job: JobConfig) -> list[Check]:
 
     checks = [_check("plan.json", layout.plan.exists(), check_plan)]
     checks.append(_check("particles.zarr", layout.particles.exists(), lambda: _particles(layout)))
+    checks.append(_check("training.zarr", plan is not None and layout.training.exists(),
+                         lambda: _training(layout, plan)))  # type: ignore[arg-type]
     # The models are checked against the plan's regions: only once the plan is readable.
     checks.append(_check("models", plan is not None and layout.models.exists(),
                          lambda: _models(job, plan)))  # type: ignore[arg-type]
@@ -112,8 +117,15 @@ def _particles(layout: RunLayout) -> str:
     return f"{len(store):,} particles"
 
 
+def _training(layout: RunLayout, plan: RegionPlan) -> str:
+    data = RegionParticles(layout.training, plan)  # this plan's, no chunk missing
+    for name in TRAINING_COLUMNS:
+        read_column(data.group, data.path, name)  # every chunk's CRC32C
+    return f"{int(data.offsets[-1]):,} rows for {len(plan.regions)} regions"
+
+
 def _models(job: JobConfig, plan: RegionPlan) -> str:
-    data = RegionParticles(RunLayout(job.run_dir).particles, plan) if job.flows.load is None \
+    data = RegionParticles(RunLayout(job.run_dir).training, plan) if job.flows.load is None \
         else None
     for r in plan.regions:
         location = model_location(job, plan, r.id)
