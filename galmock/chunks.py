@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from galmock.errors import InputError
 
@@ -58,6 +58,28 @@ def read_column(
             f"{max(stop - 1, start) // chunk}) is damaged: {err}; rerun the stage that wrote "
             f"{path.name}"
         ) from None
+
+
+def create_column(group: zarr.Group, name: str, n: int, dtype: str, chunk_rows: int) -> zarr.Array:
+    """A 1-D column of ``n`` rows for a galmock store written in one go (particles, training
+    sets): zstd level 0 (fast; floats barely compress) then :data:`CHECKSUM`, every chunk
+    stored, even all zeros (a missing chunk must mean damage)."""
+    return group.create_array(
+        name, shape=(n,), dtype=dtype, chunks=(max(1, min(chunk_rows, n)),),
+        compressors=[ZstdCodec(level=0), CHECKSUM], fill_value=0,
+        config={"write_empty_chunks": True},
+    )
+
+
+def require_chunks(array_dir: Path, n_rows: int, chunk_rows: int, damage: str) -> None:
+    """Refuse a 1-D array missing any of its chunks: an :class:`InputError` naming the array,
+    how many are missing and which, then ``damage`` (what is damaged and what to rerun)."""
+    n_chunks = -(-n_rows // chunk_rows) if n_rows else 0
+    absent = missing_chunks(array_dir, n_chunks)
+    if absent:
+        shown = ", ".join(str(k) for k in absent[:5]) + (" ..." if len(absent) > 5 else "")
+        raise InputError(f"{array_dir}: {len(absent)} of {n_chunks} chunk(s) missing (chunk "
+                         f"{shown}): {damage}")
 
 
 def missing_chunks(array_dir: Path, n_chunks: int) -> list[int]:

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from galmock.atomic import atomic_directory
-from galmock.chunks import CHECKSUM, missing_chunks, read_column
+from galmock.chunks import create_column, read_column, require_chunks
 from galmock.errors import InputError
 
 REQUIRED_FIELDS = ("x", "y", "z", "vx", "vy", "vz", "mass", "id")
@@ -165,11 +164,7 @@ def write_particle_store(
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.attrs.update({**dict(attrs), "n_particles": n, "fields": list(columns)})
         for f, values in columns.items():
-            arr = group.create_array(
-                f, shape=(n,), dtype=DTYPES[f], chunks=(max(1, min(chunk_rows, n)),),
-                compressors=[ZstdCodec(level=0), CHECKSUM], fill_value=0,
-                config={"write_empty_chunks": True},  # every chunk stored: missing = damaged
-            )
+            arr = create_column(group, f, n, DTYPES[f], chunk_rows)
             arr[:] = values
             arr.attrs.update({"unit": UNITS[f], "description": DESCRIPTIONS[f]})
     return path
@@ -225,9 +220,6 @@ def read_particle_store(path: str | Path) -> ParticleStore:
         arr = group.get(name)
         if arr is None:
             raise InputError(f"{path}: field {name!r} is listed but has no array")
-        chunks = -(-int(arr.shape[0]) // int(arr.chunks[0])) if arr.shape[0] else 0  # type: ignore[union-attr]
-        absent = missing_chunks(path / name, chunks)
-        if absent:
-            raise InputError(f"{path / name}: {len(absent)} of {chunks} chunk(s) missing (chunk "
-                             f"{absent[0]}, ...): the store is damaged; run `galmock ingest` again")
+        require_chunks(path / name, int(arr.shape[0]), int(arr.chunks[0]),  # type: ignore[union-attr]
+                       "the store is damaged; run `galmock ingest` again")
     return ParticleStore(path=path, group=group)

@@ -38,10 +38,9 @@ from typing import NamedTuple
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from galmock.atomic import atomic_directory
-from galmock.chunks import CHECKSUM, missing_chunks, read_column
+from galmock.chunks import create_column, read_column, require_chunks
 from galmock.errors import InputError
 from galmock.particles import ParticleStore, read_particle_store
 from galmock.plan import RegionPlan, holdout_mask, owned_indices
@@ -118,12 +117,7 @@ def write_training_store(
                 values = read_column(particles.group, particles.path, name)[index]
             else:
                 values = np.full(n, np.nan)
-            arr = group.create_array(
-                name, shape=(n,), dtype=dtype, chunks=(max(1, min(chunk_rows, n)),),
-                compressors=[ZstdCodec(level=0), CHECKSUM], fill_value=0,
-                config={"write_empty_chunks": True},  # every chunk stored: missing = damaged
-            )
-            arr[:] = values
+            create_column(group, name, n, dtype, chunk_rows)[:] = values
     return Path(path)
 
 
@@ -161,11 +155,8 @@ class RegionParticles:
             if arr is None:
                 raise InputError(f"{self.path}: column {name!r} is missing (run `galmock plan` "
                                  "again)")
-            n_chunks = -(-int(arr.shape[0]) // int(arr.chunks[0])) if arr.shape[0] else 0  # type: ignore[union-attr]
-            absent = missing_chunks(self.path / name, n_chunks)
-            if absent:
-                raise InputError(f"{self.path / name}: chunk(s) {absent[:5]} missing: the store "
-                                 "is damaged (run `galmock plan` again)")
+            require_chunks(self.path / name, int(arr.shape[0]), int(arr.chunks[0]),  # type: ignore[union-attr]
+                           "the store is damaged; run `galmock plan` again")
 
     def _column(self, region_id: int, name: str) -> np.ndarray:
         a, b = int(self.offsets[region_id]), int(self.offsets[region_id + 1])

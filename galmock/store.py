@@ -58,7 +58,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from galmock.atomic import atomic_directory, atomic_write_text, remove_leftovers, replace_path
-from galmock.chunks import CHECKSUM, missing_chunks, open_for_writing, read_column
+from galmock.chunks import CHECKSUM, open_for_writing, read_column, require_chunks
 from galmock.errors import InputError
 
 __all__ = [
@@ -403,13 +403,8 @@ def open_catalog(path: str | Path, format: str | None = None) -> StarCatalog:
             raise InputError(
                 f"{path}: column {name!r} has dtype {np.dtype(arr.dtype)}, expected {want.dtype}"
             )
-        absent = missing_chunks(path / name, -(-n // chunk))
-        if absent:
-            shown = ", ".join(str(k) for k in absent[:5]) + (" ..." if len(absent) > 5 else "")
-            raise InputError(
-                f"{path / name}: {len(absent)} of {-(-n // chunk)} chunk(s) missing (chunk "
-                f"{shown}): the catalog is damaged; rerun the stage that wrote {path.name}"
-            )
+        require_chunks(path / name, n, chunk,
+                       f"the catalog is damaged; rerun the stage that wrote {path.name}")
     return StarCatalog(path=path, group=group)
 
 
