@@ -16,17 +16,20 @@ for a sphere plan, else the log-radial map with ``log_radial_scale_kpc``) and
   mini-batches per epoch, minimise the negative log-likelihood with Adam at ``learning_rate``
   until the validation loss has not improved for ``patience_epochs`` epochs, then restart from
   the best state at ``finetune_learning_rate`` with the same rule, and keep the best state
-  (``max_epochs`` caps each of the two phases). The position flow p(r) trains first, then the
-velocity flow p(v | r); an ensemble repeats this for ``ensemble_size`` seeds.
+  (``max_epochs`` caps each of the two phases).
+
+The position flow p(r) trains first, then the velocity flow p(v | r); an ensemble repeats this
+for ``ensemble_size`` seeds.
 
 Rows may carry training weights (a region's thinned margin, :mod:`galmock.plan`): flow matching
 then draws its batch rows with probability proportional to the weight, likelihood training
 weights each row's negative log-likelihood, and both validation losses are weighted means, so
-the flow fits the weighted density. What the flows are
-is a :class:`~galmock.flows.families.FlowSpec` (family, network size, family options); where and
-how fast they train is a :class:`Runtime`, which never changes the weights (on CPU, for a fixed
-thread count). :func:`region_recipe` is what a trained model depends on: the artifact records
-it, and a model whose recipe differs from the job's is stale.
+the flow fits the weighted density.
+
+What the flows are is a :class:`~galmock.flows.families.FlowSpec` (family, network size, family
+options); where and how fast they train is a :class:`Runtime`, which never changes the weights
+(on CPU, for a fixed thread count). :func:`region_recipe` is what a trained model depends on:
+the artifact records it, and a model whose recipe differs from the job's is stale.
 
 Runs are resumable and reproducible: every ``checkpoint_every_epochs`` epochs (and at each phase
 end) the model, optimizer, shuffling generator, early-stopping state, epoch and phase go to an
