@@ -337,7 +337,7 @@ class ConvertConfig(Section):
             ) from None
         return value
     hats_partition_rows: PositiveInt
-    # <= 12: hats-import plans with a dense histogram of 12 * 4**order pixels.
+    # <= 12: point_map.fits is a dense map of 12 * 4**order pixels (1.6 GB in memory at 12).
     hats_highest_order: Annotated[int, Field(ge=0, le=12)]
     parquet_compression: Literal["zstd", "snappy", "none"]
     parquet_compression_level: int | None

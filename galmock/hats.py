@@ -1,116 +1,177 @@
-"""HATS output: a galmock Zarr catalog → HEALPix-partitioned Parquet, built by hats-import.
+r"""HATS output: HEALPix-partitioned Parquet written from sorted runs, at disk speed.
 
-hats-import does the layout (``hats.properties``, ``partition_info.csv``,
-``dataset/Norder=k/Dir=d/Npix=n.parquet``, ``_common_metadata``, ``_metadata``, the
-``_healpix_29`` column, adaptive partition orders under ``pixel_threshold``) and the map /
-split / reduce over the Dask client it is given. galmock adds only an ``InputReader`` that
-reads the Zarr catalog chunk by chunk, optionally keeping the stars a selection picks:
+A HATS catalog (what ``lsdb.open_catalog`` reads) is Parquet files, one per sky pixel of an
+adaptive HEALPix order, rows sorted by the ``_healpix_29`` spatial index, plus hats' metadata
+(``hats.properties``, ``partition_info.csv``, ``dataset/_common_metadata`` and ``_metadata``,
+``point_map.fits``, ``skymap.fits``). galmock writes it in three steps, each a bulk numpy /
+pyarrow operation (no per-row Python, no dictionary-encoded intermediates), using hats' own
+helpers for the layout, the Parquet settings and the metadata:
 
-- every row gets ``star_id``, its row number in ``stars.zarr`` (= in ``catalog.zarr``);
-- rows are sorted by ``(_healpix_29, star_id)``, so the partitions' content does not depend on
-  the number of workers or the order tasks finish in;
-- each column carries ``unit`` and ``description`` in its Arrow field metadata, and the schema
-  carries the provenance under the key ``galmock`` (JSON), next to ``hats.properties`` keys;
-- no column is dictionary-encoded (for floats it makes files bigger and writes ~3× slower);
-  floats get hats' byte-stream-split encoding, the codec is ``compression`` (zstd 3).
+1. **Runs** (:func:`write_run`, one per Zarr chunk, inside the task that computed the chunk):
+   the chunk's rows sorted by ``(_healpix_29, star_id)`` into one uncompressed Arrow IPC file
+   (read back memory-mapped, so a partition's slice of it is never copied twice), for each
+   output the sorted positions it keeps (``None``: every row; a selection keeps fewer) and its
+   sparse histogram at the finest partition order.
+2. **Plan** (:func:`plan_partitions`, on the client): the histograms summed and aligned into
+   destination pixels exactly as hats-import does (:func:`partition_orders`: hats'
+   ``generate_alignment`` with ``drop_empty_siblings``), but on the sparse histogram: the
+   dense one hats builds has 12·4^k bins (3 s at order 10 whatever the catalog's size).
+3. **Partitions** (:func:`write_partition`, one task per destination pixel): from each run
+   that holds rows of the pixel, the contiguous slice of its sorted rows in the pixel's
+   ``_healpix_29`` range; the slices are merged by ``(_healpix_29, star_id)`` (runs are in
+   star_id order and each slice is sorted, so a stable sort of the concatenation does it) and
+   written with ``hats.io.file_io.get_parquet_write_table_kwargs`` (byte-stream-split floats,
+   delta-coded spatial index, no dictionary, the job's codec). Then :func:`finish_catalog`
+   writes the metadata with hats' writers.
+
+Every row carries ``star_id``, its row in stars.zarr (= in catalog.zarr). Partition content
+depends neither on the number of workers nor on the order tasks finish in. Each column carries
+``unit`` and ``description`` in its Arrow field metadata; the schema carries the provenance as
+JSON under the key ``galmock``.
 
 Example:
-    >>> from galmock.selection import load_catalog_spec
-    >>> from galmock.store import STAR_COLUMNS, write_star_catalog
-    >>> cols = {c: np.zeros(6, s.dtype) for c, s in STAR_COLUMNS.items()}
-    >>> cols.update(ra=np.array([167.0, 10.0, 170.0, 167.5, 300.0, 160.0]),
-    ...             dec=np.array([-4.0, 0.0, -5.0, -3.0, 20.0, 0.0]),
-    ...             distance=np.array([1.0, 1.0, 2.0, 9.0, 1.0, 3.0]))
-    >>> zarr_path = write_star_catalog(tmp_path / "catalog.zarr", cols, chunk_rows=4)
-    >>> inputs = chunk_inputs(zarr_path)  # one hats-import input per chunk
-    >>> [i.rpartition("#")[2] for i in inputs]
-    ['rows=0:4', 'rows=4:6']
-    >>> window = load_catalog_spec("galaxyflow-window").selection
-    >>> reader = ZarrCatalogReader(("star_id", "ra", "dec"), window)
-    >>> [t.column("star_id").to_pylist() for i in inputs for t in reader.read(i)]
-    [[0, 2], [5]]
-    >>> from distributed import Client
-    >>> with Client(processes=False) as client:  # a Dask cluster, ~3 s  # doctest: +SKIP
-    ...     path = write_hats(client, zarr_path, tmp_path / "build", "demo",
-    ...                       columns=("star_id", "ra", "dec"), partition_rows=1_000_000)
-    >>> sorted(p.name for p in path.iterdir() if p.is_file())  # doctest: +SKIP
-    ['hats.properties', 'partition_info.csv', 'point_map.fits', 'properties', 'skymap.fits']
+    Three chunks of a tiny catalog, each sorted into a run, then partitioned (no Dask client:
+    tasks run in this process):
+
+    >>> rng = np.random.default_rng(1)
+    >>> schema = catalog_schema({"ra": ("float64", "deg", "right ascension"),
+    ...                          "dec": ("float64", "deg", "declination")})
+    >>> schema.names
+    ['_healpix_29', 'star_id', 'ra', 'dec']
+    >>> ra, dec = rng.uniform(0, 360, 300), np.degrees(np.arcsin(rng.uniform(-1, 1, 300)))
+    >>> runs = [write_run(tmp_path / f"run{a}.arrow", {"ra": ra[a:a + 100], "dec": dec[a:a + 100]},
+    ...                   schema, first_star_id=a, outputs=[None, dec[a:a + 100] > 30],
+    ...                   highest_order=3)
+    ...         for a in (0, 100, 200)]
+    >>> parts = plan_partitions(runs, 0, pixel_histogram(runs, 0, 3), partition_rows=20)
+    >>> sum(p.rows for p in parts), sorted({p.order for p in parts})
+    (300, [0, 1])
+    >>> path = write_hats(None, runs, 0, tmp_path / "demo", "demo", schema=schema,
+    ...                   highest_order=3, partition_rows=20)
+    >>> sorted(p.name for p in path.iterdir())  # doctest: +NORMALIZE_WHITESPACE
+    ['dataset', 'hats.properties', 'partition_info.csv', 'point_map.fits', 'properties',
+     'skymap.fits']
+    >>> import lsdb
+    >>> stars = lsdb.open_catalog(path).compute()
+    >>> sorted(stars["star_id"]) == list(range(300))
+    True
+    >>> north = write_hats(None, runs, 1, tmp_path / "north", "north", schema=schema,
+    ...                    highest_order=3, partition_rows=20, skymap=False)
+    >>> (lsdb.open_catalog(north).compute()["dec"] > 30).all()
+    True
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from hats_import.catalog.arguments import ImportArguments
-from hats_import.catalog.file_readers import InputReader
-from hats_import.pipeline import pipeline_with_client
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from distributed import wait
+from hats.catalog import PartitionInfo, TableProperties
+from hats.io import file_io, paths
+from hats.io.file_io import get_parquet_write_table_kwargs
+from hats.io.parquet_metadata import write_parquet_metadata
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.healpix_shim import npix2order
+from hats.pixel_math.spatial_index import (
+    SPATIAL_INDEX_COLUMN,
+    SPATIAL_INDEX_ORDER,
+    compute_spatial_index,
+)
 
-from galmock.selection import SelectionSpec, selection_mask
-from galmock.store import open_catalog
+from galmock.parallel.dask import track
+from galmock.version import __version__
 
-__all__ = ["STAR_ID", "ZarrCatalogReader", "chunk_inputs", "write_hats"]
+__all__ = [
+    "SPATIAL_INDEX_COLUMN",
+    "STAR_ID",
+    "Partition",
+    "RunOutput",
+    "SortedRun",
+    "catalog_schema",
+    "finish_catalog",
+    "partition_orders",
+    "pixel_histogram",
+    "plan_partitions",
+    "write_hats",
+    "write_partition",
+    "write_run",
+    "write_sky_maps",
+]
 
 #: Row number in stars.zarr: the key that links every output row back to its star.
 STAR_ID = "star_id"
-_STAR_ID_DESCRIPTION = "row number of the star in stars.zarr and catalog.zarr"
-_INPUT_SEPARATOR = "#rows="
+_DESCRIPTIONS = {
+    SPATIAL_INDEX_COLUMN: "HEALPix nested pixel of (ra, dec) at order 29 (hats' spatial index)",
+    STAR_ID: "row number of the star in stars.zarr and catalog.zarr",
+}
+_ORDERING = [(SPATIAL_INDEX_COLUMN, "ascending"), (STAR_ID, "ascending")]
 
 
-def chunk_inputs(zarr_path: str | Path) -> list[str]:
-    """One hats-import "input file" per Zarr chunk: ``<path>#rows=<start>:<stop>``."""
-    catalog = open_catalog(zarr_path)
-    return [f"{catalog.path}{_INPUT_SEPARATOR}{a}:{b}" for a, b in catalog.chunks()]
+@dataclass(frozen=True)
+class RunOutput:
+    """What one output (a catalog or a selection) takes from one run.
 
-
-class ZarrCatalogReader(InputReader):
-    """hats-import reader of one chunk of a galmock Zarr catalog per input "file".
-
-    ``columns`` are the output columns in order (``star_id`` is made from row numbers);
-    ``selection`` keeps only the rows it picks; ``metadata`` goes into the schema metadata.
+    ``positions``: ``.npy`` file of the sorted-run rows it keeps (``None``: every row);
+    ``pixels``: the distinct pixels of those rows at the finest partition order, ascending;
+    ``counts``: its rows per pixel.
     """
 
-    def __init__(
-        self,
-        columns: Sequence[str],
-        selection: SelectionSpec | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        self.columns = tuple(columns)
-        self.selection = selection
-        self.metadata = dict(metadata or {})
+    positions: str | None
+    pixels: np.ndarray
+    counts: np.ndarray
 
-    def read(
-        self, input_file: Any, read_columns: Sequence[str] | None = None
-    ) -> Iterator[pa.Table]:
-        path, _, rows = str(input_file).partition(_INPUT_SEPARATOR)
-        start, stop = (int(v) for v in rows.split(":"))
-        catalog = open_catalog(path)
-        wanted = list(read_columns) if read_columns else list(self.columns)
-        stored = [c for c in wanted if c != STAR_ID]
-        extra = [c for c in (self.selection.columns if self.selection else ()) if c not in stored]
-        data = catalog.read(start, stop, stored + extra)
-        ids = np.arange(start, stop, dtype=np.int64)
-        if self.selection is not None:
-            keep = selection_mask(self.selection, data)
-            data = {c: v[keep] for c, v in data.items()}
-            ids = ids[keep]
-        fields, arrays = [], []
-        for name in wanted:
-            if name == STAR_ID:
-                fields.append(_field(STAR_ID, pa.int64(), "", _STAR_ID_DESCRIPTION))
-                arrays.append(pa.array(ids))
-            else:
-                spec = catalog.spec(name)
-                fields.append(
-                    _field(name, pa.from_numpy_dtype(spec.dtype), spec.unit, spec.description)
-                )
-                arrays.append(pa.array(data[name]))
-        yield pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=self.metadata))
+
+@dataclass(frozen=True)
+class SortedRun:
+    """One chunk's rows sorted by ``(_healpix_29, star_id)`` in the Arrow IPC file ``path``."""
+
+    path: str
+    rows: int
+    outputs: tuple[RunOutput, ...]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One destination pixel of one output and the runs that hold rows of it."""
+
+    order: int
+    pixel: int
+    rows: int
+    sources: tuple[tuple[str, str | None], ...]  # (run path, positions file)
+
+    @property
+    def index_range(self) -> tuple[int, int]:
+        """The ``_healpix_29`` values of the pixel: ``[start, stop)``."""
+        shift = 2 * (SPATIAL_INDEX_ORDER - self.order)
+        return self.pixel << shift, (self.pixel + 1) << shift
+
+
+def catalog_schema(
+    columns: Mapping[str, tuple[str, str, str]], metadata: Mapping[str, Any] | None = None
+) -> pa.Schema:
+    """The Arrow schema of a catalog: ``_healpix_29``, ``star_id``, then ``columns``.
+
+    ``columns`` maps name → (numpy dtype, unit, description); ``metadata`` is stored as JSON
+    under the schema key ``galmock``.
+    """
+    fields = [
+        _field(SPATIAL_INDEX_COLUMN, pa.int64(), "", _DESCRIPTIONS[SPATIAL_INDEX_COLUMN]),
+        _field(STAR_ID, pa.int64(), "", _DESCRIPTIONS[STAR_ID]),
+    ]
+    for name, (dtype, unit, description) in columns.items():
+        fields.append(_field(name, pa.from_numpy_dtype(np.dtype(dtype)), unit, description))
+    return pa.schema(fields, metadata={"galmock": json.dumps(dict(metadata or {}), sort_keys=True)})
 
 
 def _field(name: str, dtype: pa.DataType, unit: str, description: str) -> pa.Field:
@@ -119,56 +180,329 @@ def _field(name: str, dtype: pa.DataType, unit: str, description: str) -> pa.Fie
     )
 
 
-def write_hats(
-    client: Any,
-    zarr_path: str | Path,
-    build_dir: str | Path,
-    name: str,
+def write_run(
+    path: str | Path,
+    columns: Mapping[str, np.ndarray],
+    schema: pa.Schema,
     *,
-    columns: Sequence[str],
-    partition_rows: int,
-    highest_order: int = 10,
-    selection: SelectionSpec | None = None,
-    expected_rows: int | None = None,
-    compression: str = "zstd",
-    compression_level: int | None = 3,
-    properties: Mapping[str, Any] | None = None,
-    schema_metadata: Mapping[str, Any] | None = None,
-    skymap: bool = True,
-) -> Path:
-    """Build the HATS catalog ``<build_dir>/<name>`` from the Zarr catalog; returns its path.
+    first_star_id: int,
+    outputs: Sequence[np.ndarray | None],
+    highest_order: int,
+) -> SortedRun:
+    """Sort one chunk's rows by ``(_healpix_29, star_id)`` into the Arrow IPC file ``path``;
+    per output with a mask, ``<path>.<k>.npy`` holds the positions it keeps.
 
-    ``properties`` become extra ``hats.properties`` keys (values JSON-encoded unless strings);
-    ``schema_metadata`` is stored as JSON under the Parquet schema key ``galmock``.
+    ``columns`` hold the chunk's rows (at least ``ra`` and ``dec`` in degrees and every column
+    of ``schema`` but the two it makes); their star ids start at ``first_star_id``. Each entry
+    of ``outputs`` is a row mask of the chunk (``None``: every row) for one output catalog.
+    Sorted on disk, a partition's rows are one contiguous slice of the run: a partition task
+    touches only the pages it needs.
     """
-    build_dir = Path(build_dir)
-    write_kwargs: dict[str, Any] = {"use_dictionary": False, "compression": compression}
-    if compression == "zstd" and compression_level is not None:
-        write_kwargs["compression_level"] = compression_level
-    metadata = {"galmock": json.dumps(dict(schema_metadata or {}), sort_keys=True)}
-    args = ImportArguments(
-        output_path=build_dir,
-        output_artifact_name=name,
-        input_file_list=chunk_inputs(zarr_path),
-        file_reader=ZarrCatalogReader(columns, selection, metadata),
-        ra_column="ra",
-        dec_column="dec",
-        sort_columns=STAR_ID,
-        pixel_threshold=partition_rows,
-        highest_healpix_order=highest_order,
-        expected_total_rows=expected_rows or 0,
-        write_table_kwargs=write_kwargs,
-        addl_hats_properties={k: _property(v) for k, v in (properties or {}).items()},
-        should_write_skymap=skymap,
-        tmp_dir=build_dir / "intermediate",
-        resume=False,
-        progress_bar=True,
-        simple_progress_bar=True,
-    )
-    pipeline_with_client(args, client)
-    return build_dir / name
+    index = compute_spatial_index(columns["ra"], columns["dec"])
+    order = np.argsort(index)  # introsort: 5x faster than a stable sort...
+    sorted_index = index[order]
+    if np.any(sorted_index[1:] == sorted_index[:-1]):  # ...which only ties need (rare)
+        order = np.argsort(index, kind="stable")
+        sorted_index = index[order]
+    arrays = []
+    for field in schema:
+        if field.name == SPATIAL_INDEX_COLUMN:
+            arrays.append(pa.array(index))
+        elif field.name == STAR_ID:
+            arrays.append(pa.array(np.arange(len(index), dtype=np.int64) + first_star_id))
+        else:
+            arrays.append(pa.array(np.asarray(columns[field.name]), type=field.type))
+    # Arrow's take: its allocator reuses memory where numpy's buffers fault in afresh.
+    table = pa.Table.from_arrays(arrays, schema=schema).take(order)
+    path = Path(path)
+    with ipc.new_file(path, schema) as writer:
+        writer.write_table(table)  # one record batch: columns map back as contiguous arrays
+    shift = 2 * (SPATIAL_INDEX_ORDER - highest_order)
+    runs = []
+    for k, mask in enumerate(outputs):
+        positions_file, kept = None, sorted_index
+        if mask is not None:
+            positions = np.flatnonzero(np.asarray(mask)[order])
+            positions_file = f"{path}.{k}.npy"
+            np.save(positions_file, positions)
+            kept = sorted_index[positions]
+        pixels, counts = _run_lengths(kept >> shift)
+        runs.append(RunOutput(positions_file, pixels, counts))
+    return SortedRun(str(path), len(table), tuple(runs))
+
+
+def _run_lengths(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and how often each occurs."""
+    if not len(values):
+        return values[:0].astype(np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    return values[starts].astype(np.int64), np.diff(np.r_[starts, len(values)]).astype(np.int64)
+
+
+def partition_orders(
+    pixels: np.ndarray, counts: np.ndarray, highest_order: int, threshold: int
+) -> np.ndarray:
+    """The order of the destination pixel of each non-empty pixel at ``highest_order``.
+
+    The alignment of hats' ``generate_alignment(histogram, highest_order, 0, threshold,
+    drop_empty_siblings=True)`` (hats-import's default), on a sparse histogram: ``pixels``
+    ascending and distinct, ``counts`` > 0. A pixel takes the lowest order at which one of its
+    ancestors holds at most ``threshold`` rows in more than one of its four children; with no
+    such ancestor it stays at ``highest_order``.
+
+    Raises:
+        ValueError: a single pixel holds more than ``threshold`` rows (hats' message).
+
+    Example:
+        >>> partition_orders(np.array([0, 1, 40, 47]), np.array([5, 5, 2, 1]), 2, 10)
+        array([1, 1, 0, 0])
+        >>> partition_orders(np.array([0, 1, 40]), np.array([5, 5, 2]), 2, 9)
+        array([2, 2, 2])
+    """
+    pixels = np.asarray(pixels, np.int64)
+    counts = np.asarray(counts, np.int64)
+    if len(counts) and counts.max() > threshold:
+        raise ValueError(f"single pixel row count {counts.max()} exceeds threshold {threshold}")
+    # Bottom-up: the rows and the merge test of every non-empty cell, order by order...
+    levels = []
+    cells, rows = pixels, counts  # the non-empty cells one order finer, and their rows
+    for _ in range(highest_order):
+        parents = cells >> 2
+        starts = np.flatnonzero(np.r_[True, parents[1:] != parents[:-1]])
+        parent_rows = np.add.reduceat(rows, starts)
+        merge = (parent_rows != np.maximum.reduceat(rows, starts)) & (parent_rows <= threshold)
+        levels.append((_group_ids(parents), merge))
+        cells, rows = parents[starts], parent_rows
+    # ...then top-down, the coarsest merging ancestor of each cell.
+    orders = np.full(len(cells), highest_order, np.int64)
+    for order, (parent_of, merge) in enumerate(reversed(levels)):
+        orders = np.where(merge & (orders > order), order, orders)[parent_of]
+    return orders
+
+
+def _group_ids(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... numbering of the runs of equal values in a sorted array."""
+    return np.cumsum(np.r_[False, sorted_keys[1:] != sorted_keys[:-1]])
+
+
+def pixel_histogram(
+    runs: Sequence[SortedRun], output: int, highest_order: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of output ``output`` of ``runs`` per pixel at ``highest_order`` (12·4^order bins),
+    added to ``out`` when given (to sum runs as they come in)."""
+    histogram = np.zeros(12 * 4**highest_order, np.int64) if out is None else out
+    for run in runs:
+        piece = run.outputs[output]
+        histogram[piece.pixels] += piece.counts  # a run's pixels are distinct
+    return histogram
+
+
+def plan_partitions(
+    runs: Sequence[SortedRun], output: int, histogram: np.ndarray, partition_rows: int
+) -> list[Partition]:
+    """The destination pixels of output ``output`` of ``runs``, in (order, pixel) order.
+
+    ``histogram`` is their :func:`pixel_histogram`; its size sets the finest order.
+    """
+    highest_order = int(npix2order(len(histogram)))
+    pixels = np.flatnonzero(histogram)
+    counts = histogram[pixels]
+    orders = partition_orders(pixels, counts, highest_order, partition_rows)
+    destinations = pixels >> 2 * (highest_order - orders)
+    # A destination is a contiguous range of fine pixels; its first order-29 index keys it.
+    keys = destinations << 2 * (SPATIAL_INDEX_ORDER - orders)
+    firsts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
+    dest_rows = np.add.reduceat(counts, firsts) if len(keys) else counts
+    sources: list[list[tuple[str, str | None]]] = [[] for _ in firsts]
+    for run in runs:
+        piece = run.outputs[output]
+        for d in np.unique(np.searchsorted(pixels[firsts], piece.pixels, side="right") - 1):
+            sources[d].append((run.path, piece.positions))
+    parts = [
+        Partition(int(orders[i]), int(destinations[i]), int(rows), tuple(src))
+        for i, rows, src in zip(firsts, dest_rows, sources)
+    ]
+    return sorted(parts, key=lambda p: (p.order, p.pixel))
+
+
+def write_partition(
+    partition: Partition,
+    catalog_dir: str | Path,
+    write_kwargs: Mapping[str, Any],
+) -> int:
+    """Write one destination pixel's Parquet file; returns its rows.
+
+    ``write_kwargs`` come from :func:`parquet_kwargs`. Raises ``ValueError`` when the runs do
+    not hold the planned number of rows (a damaged or foreign run).
+    """
+    start, stop = partition.index_range
+    pieces = []
+    for run_path, positions_path in partition.sources:
+        table = ipc.open_file(pa.memory_map(run_path)).read_all()
+        index = table.column(SPATIAL_INDEX_COLUMN).chunk(0).to_numpy()
+        a, b = np.searchsorted(index, [start, stop])
+        if positions_path is None:
+            pieces.append(table.slice(a, b - a))
+        else:
+            positions = np.load(positions_path, mmap_mode="r")
+            i, j = np.searchsorted(positions, [a, b])
+            pieces.append(table.take(np.asarray(positions[i:j])))
+    table = pa.concat_tables(pieces)
+    if len(table) != partition.rows:
+        raise ValueError(
+            f"HATS pixel (order {partition.order}, pixel {partition.pixel}): the runs hold "
+            f"{len(table)} rows, {partition.rows} planned"
+        )
+    # Each slice is in (_healpix_29, star_id) order and the runs are in star_id order: a
+    # stable sort of the concatenation merges them.
+    index = np.concatenate([p.column(SPATIAL_INDEX_COLUMN).to_numpy() for p in pieces])
+    if len(pieces) > 1 and np.any(index[1:] < index[:-1]):
+        table = table.take(np.argsort(index, kind="stable"))
+    path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(partition.order, partition.pixel))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table.combine_chunks(), str(path), **write_kwargs)
+    return len(table)
+
+
+def parquet_kwargs(
+    schema: pa.Schema, compression: str = "zstd", compression_level: int | None = 3
+) -> dict[str, Any]:
+    """``pyarrow.parquet.write_table`` settings of a partition: hats' defaults (byte-stream-split
+    floats, delta-coded sort keys, no dictionary) with the codec given, one row group per file
+    as hats-import writes it."""
+    kwargs: dict[str, Any] = {
+        "compression": compression,
+        "use_dictionary": False,
+        "sorting_columns": pq.SortingColumn.from_ordering(schema, _ORDERING),
+    }
+    if compression_level is not None:
+        kwargs["compression_level"] = compression_level
+    kwargs = get_parquet_write_table_kwargs(schema, write_table_kwargs=kwargs)
+    if compression_level is None:
+        kwargs.pop("compression_level", None)
+    kwargs.pop("row_group_size", None)
+    return kwargs
+
+
+def write_sky_maps(catalog_dir: str | Path, histogram: np.ndarray) -> None:
+    """hats' ``point_map.fits`` and ``skymap.fits``: rows per pixel at the finest order."""
+    point_map = paths.get_point_map_file_pointer(catalog_dir)
+    file_io.write_fits_image(histogram, point_map)
+    # hats.io.skymap.write_skymap would encode the same image again (0.1 s at order 10).
+    shutil.copyfile(point_map, paths.get_skymap_file_pointer(catalog_dir))
+
+
+def finish_catalog(
+    catalog_dir: str | Path,
+    name: str,
+    partitions: Sequence[Partition],
+    *,
+    partition_rows: int,
+    properties: Mapping[str, Any] | None = None,
+    skymap_order: int | None = None,
+) -> None:
+    """hats' metadata for the partitions written: ``partition_info.csv``, the dataset's
+    ``_common_metadata`` and ``_metadata``, ``hats.properties`` (with ``skymap_order`` when
+    :func:`write_sky_maps` wrote the maps).
+
+    ``properties`` become extra ``hats.properties`` keys (values JSON-encoded unless strings).
+    """
+    catalog_dir = Path(catalog_dir)
+    info = PartitionInfo.from_healpix([HealpixPixel(p.order, p.pixel) for p in partitions])
+    info.write_to_file(paths.get_partition_info_pointer(catalog_dir))
+    rows = write_parquet_metadata(catalog_dir)
+    expected = sum(p.rows for p in partitions)
+    if rows != expected:
+        raise ValueError(f"{catalog_dir}: the partitions hold {rows} rows, {expected} planned")
+    extra = {k: _property(v) for k, v in (properties or {}).items()}
+    table_properties = {
+        **TableProperties.new_provenance_dict(catalog_dir, builder=_builder(), **extra),
+        "catalog_name": name,
+        "catalog_type": "object",
+        "total_rows": rows,
+        "ra_column": "ra",
+        "dec_column": "dec",
+        "healpix_column": SPATIAL_INDEX_COLUMN,
+        "healpix_order": SPATIAL_INDEX_ORDER,
+        "hats_cols_sort": STAR_ID,
+        "hats_max_rows": partition_rows,
+        "hats_order": info.get_highest_order(),
+        "moc_sky_fraction": f"{info.calculate_fractional_coverage():0.5f}",
+    }
+    if skymap_order is not None:
+        table_properties["skymap_order"] = skymap_order
+    TableProperties(**table_properties).to_properties_file(catalog_dir)
+
+
+def _builder() -> str:
+    return f"galmock v{__version__}"
 
 
 def _property(value: Any) -> str:
     # hats.properties is a Java properties file: one line per key.
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def write_hats(
+    client: Any,
+    runs: Sequence[SortedRun],
+    output: int,
+    catalog_dir: str | Path,
+    name: str,
+    *,
+    schema: pa.Schema,
+    partition_rows: int,
+    highest_order: int = 10,
+    compression: str = "zstd",
+    compression_level: int | None = 3,
+    properties: Mapping[str, Any] | None = None,
+    skymap: bool = True,
+    histogram: np.ndarray | None = None,
+) -> Path:
+    """Build the HATS catalog ``catalog_dir`` of output ``output`` of ``runs``; returns its path.
+
+    ``client`` (a ``distributed.Client``) runs one task per partition; ``None`` runs them here.
+    ``highest_order`` must be the one the runs were written with; ``histogram``, their
+    :func:`pixel_histogram` when already summed (e.g. while the runs were written).
+    """
+    catalog_dir = Path(catalog_dir)
+    if histogram is None:
+        histogram = pixel_histogram(runs, output, highest_order)
+    partitions = plan_partitions(runs, output, histogram, partition_rows)
+    os.makedirs(catalog_dir, exist_ok=True)
+    kwargs = parquet_kwargs(schema, compression, compression_level)
+    # The sky maps are written here while the workers write the partitions.
+    maps = ThreadPoolExecutor(1)
+    pending = maps.submit(write_sky_maps, catalog_dir, histogram) if skymap else None
+    try:
+        # Biggest first: the last task to start is then a small one (less idle time at the end).
+        by_size = sorted(partitions, key=lambda p: -p.rows)
+        _map(client, write_partition, by_size, catalog_dir=str(catalog_dir), write_kwargs=kwargs)
+    finally:
+        maps.shutdown()
+    if pending is not None:
+        pending.result()
+    finish_catalog(
+        catalog_dir,
+        name,
+        partitions,
+        partition_rows=partition_rows,
+        properties=properties,
+        skymap_order=highest_order if skymap else None,
+    )
+    return catalog_dir
+
+
+def _map(client: Any, fn: Callable[..., Any], items: Sequence[Any], **kwargs: Any) -> None:
+    """``fn`` over ``items`` on ``client`` (or here); every task has ended when it returns."""
+    if client is None:
+        for item in items:
+            fn(item, **kwargs)
+        return
+    futures = client.map(fn, items, pure=False, **kwargs)
+    try:
+        for future in track(futures, "hats"):
+            future.result()
+    except BaseException:
+        wait(futures)  # nothing may still write once the caller cleans up
+        raise

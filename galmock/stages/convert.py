@@ -23,11 +23,14 @@ source job are in the Zarr group attrs, the Parquet schema metadata (key ``galmo
 
 How: one Dask task per chunk reads the stars, checks that positions and velocities are finite,
 computes the astrometry (galmock.frames) and writes the same chunk of catalog.zarr (chunks are
-separate objects, so workers write without locks); hats-import then partitions catalog.zarr.
-Results do not depend on the number of workers: each chunk is computed alone, and HATS rows are
-sorted by (_healpix_29, star_id). Everything is built in ``<run>/.convert.partial/`` and moved
-into place only when all of it succeeded; a rerun after a crash or kill starts afresh (a lock
-file keeps two conversions of one run apart).
+separate objects, so workers write without locks) and, for the HATS outputs, the chunk's rows
+sorted by sky pixel (a sorted run); one task per HATS partition then merges its slices of the
+runs into its Parquet file (galmock.hats). Results do not depend on the number of workers: each
+chunk is computed alone, and HATS rows are sorted by (_healpix_29, star_id). Everything is
+built in ``<run>/.convert.partial/`` and moved into place only when all of it succeeded; a rerun
+after a crash or kill starts afresh (a lock file keeps two conversions of one run apart). The
+sorted runs take the catalog's uncompressed size (~140 B per star) in the staging directory
+until the HATS outputs are written.
 
 Example:
     >>> result = run(load_job("jobs/demo.yaml"))  # starts a Dask cluster  # doctest: +SKIP
@@ -50,7 +53,7 @@ Example:
     >>> window = load_catalog_spec("galaxyflow-window").selection
     >>> [convert_chunk(a, b, source=str(stars.path), target=str(target), observer=observer,
     ...                selections=[window]) for a, b in stars.chunks()]  # stars in the window
-    [[0], [0]]
+    [([0], None), ([0], None)]
     >>> mark_complete(target)
     >>> open_catalog(target).read(columns=["distance"])["distance"].round(3)
     array([8.122, 2.122, 0.124, 1.878])
@@ -59,6 +62,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -70,12 +74,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from galmock.atomic import replace_path
 from galmock.config import ConvertConfig, JobConfig
 from galmock.errors import ConfigError, InputError
 from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
-from galmock.hats import STAR_ID, write_hats
+from galmock.hats import SortedRun, catalog_schema, pixel_histogram, write_hats, write_run
 from galmock.layout import RunLayout
 from galmock.locks import exclusive
 from galmock.parallel.dask import dask_client, track, wait_all
@@ -155,8 +160,16 @@ def run(job: JobConfig, client: Any = None) -> ConvertResult:
         try:
             columns = catalog_columns(stars)
             provenance = _provenance(job, stars, columns)
-            counts = _write_zarr(job, cluster_client, stars, specs, columns, provenance, staging)
-            result = _write_hats(job, cluster_client, specs, counts, columns, provenance, staging)
+            schema = catalog_schema(
+                {n: (c.dtype.str, c.unit, c.description) for n, c in columns.items()},
+                provenance,
+            )
+            counts, runs = _write_zarr(
+                job, cluster_client, stars, specs, columns, schema, provenance, staging
+            )
+            result = _write_hats(
+                job, cluster_client, specs, counts, runs, schema, provenance, staging
+            )
             _swap_in(staging, layout)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -181,12 +194,14 @@ def convert_chunk(
     target: str,
     observer: Mapping[str, Any],
     selections: Sequence[SelectionSpec] = (),
+    runs: HatsRuns | None = None,
     abort: str | None = None,
-) -> list[int] | None:
+) -> tuple[list[int], SortedRun | None] | None:
     """Convert rows ``start:stop`` of ``source`` into ``target``; one Dask task.
 
-    Returns how many of these rows each selection picks, or ``None`` without doing anything
-    when the file ``abort`` exists (another chunk failed).
+    Returns how many of these rows each selection picks and, when ``runs`` asks for HATS
+    output, the chunk's sorted run (see galmock.hats); ``None`` without doing anything when
+    the file ``abort`` exists (another chunk failed).
     """
     if abort is not None and Path(abort).exists():
         return None
@@ -202,7 +217,40 @@ def convert_chunk(
     frame = galactocentric_frame(**observer)
     out = {**galactocentric_to_icrs(*(data[c] for c in PHASE_SPACE), frame=frame), **data}
     write_rows(target, start, out)
-    return [int(selection_mask(s, out).sum()) for s in selections]
+    masks = [selection_mask(s, out) for s in selections]
+    run = None
+    if runs is not None:
+        outputs = ([None] if runs.whole_catalog else []) + masks
+        run = write_run(
+            Path(runs.directory) / f"{start:015d}.arrow",
+            out,
+            runs.schema,
+            first_star_id=start,
+            outputs=outputs,
+            highest_order=runs.highest_order,
+        )
+    return [int(m.sum()) for m in masks], run
+
+
+@dataclass(frozen=True)
+class HatsRuns:
+    """Where and how convert_chunk writes its sorted run for the HATS outputs.
+
+    ``whole_catalog``: output 0 is every row (catalog.hats); the selections follow.
+    """
+
+    directory: str
+    schema: pa.Schema
+    highest_order: int
+    whole_catalog: bool
+
+
+@dataclass
+class HatsInput:
+    """The chunks' sorted runs, in star_id order, and each output's pixel histogram."""
+
+    runs: list[SortedRun]
+    histograms: list[np.ndarray]
 
 
 # --- the steps ----------------------------------------------------------------------------------
@@ -214,10 +262,13 @@ def _write_zarr(
     stars: StarCatalog,
     specs: Sequence[CatalogSpec],
     columns: Mapping[str, ColumnSpec],
+    schema: pa.Schema,
     provenance: Mapping[str, Any],
     staging: Path,
-) -> list[int]:
-    """``<staging>/catalog.zarr``, one task per chunk; returns the stars each spec picks."""
+) -> tuple[list[int], HatsInput]:
+    """``<staging>/catalog.zarr``, one task per chunk; returns the stars each spec picks and
+    what the HATS outputs are built from."""
+    cfg = job.convert
     target = staging / RunLayout(job.run_dir).catalog_zarr.name
     create_catalog(
         target,
@@ -228,6 +279,15 @@ def _write_zarr(
         format=CATALOG_FORMAT,
         compressor=job.upsample.compressor,
     )
+    runs = None
+    if (cfg.hats or specs) and len(stars):
+        runs = HatsRuns(
+            directory=str(staging / "build" / "runs"),
+            schema=schema,
+            highest_order=cfg.hats_highest_order,
+            whole_catalog=cfg.hats,
+        )
+        Path(runs.directory).mkdir(parents=True)
     starts, stops = zip(*stars.chunks()) if len(stars) else ((), ())
     futures = client.map(
         convert_chunk,
@@ -237,13 +297,23 @@ def _write_zarr(
         target=str(target),
         observer=job.observer.model_dump(),
         selections=[s.selection for s in specs],
+        runs=runs,
         abort=str(staging / "ABORT"),
         pure=False,  # unique keys: a shared client may still hold an earlier run's results
     )
     counts = np.zeros(len(specs), dtype=np.int64)
+    sorted_runs: list[SortedRun] = []
+    outputs = int(cfg.hats) + len(specs) if runs is not None else 0
+    # Each output's rows per sky pixel, summed here while the workers convert.
+    histograms = [np.zeros(12 * 4**cfg.hats_highest_order, np.int64) for _ in range(outputs)]
     try:
         for future in track(futures, "convert"):
-            counts += np.asarray(future.result(), dtype=np.int64).reshape(len(specs))
+            picked, run = future.result()
+            counts += np.asarray(picked, dtype=np.int64).reshape(len(specs))
+            if run is not None:
+                sorted_runs.append(run)
+                for k, histogram in enumerate(histograms):
+                    pixel_histogram([run], k, cfg.hats_highest_order, out=histogram)
     except BaseException:
         # Cancelling would not stop chunks already running, which could then write into the
         # staging directory after it is removed: let queued chunks return at once instead,
@@ -253,7 +323,8 @@ def _write_zarr(
         raise
     mark_complete(target)
     log.info("convert: %d stars in %d chunks -> catalog.zarr", len(stars), len(starts))
-    return counts.tolist()
+    # Runs in star_id order: a partition merges its slices by (_healpix_29, star_id).
+    return counts.tolist(), HatsInput(sorted(sorted_runs, key=lambda r: r.path), histograms)
 
 
 def _write_hats(
@@ -261,40 +332,42 @@ def _write_hats(
     client: Any,
     specs: Sequence[CatalogSpec],
     counts: Sequence[int],
-    columns: Mapping[str, ColumnSpec],
+    runs: HatsInput,
+    schema: pa.Schema,
     provenance: Mapping[str, Any],
     staging: Path,
 ) -> ConvertResult:
-    """``<staging>/catalog.hats`` and ``<staging>/selections/*.hats`` from catalog.zarr."""
+    """``<staging>/catalog.hats`` and ``<staging>/selections/*.hats`` from the sorted runs."""
     cfg, layout = job.convert, RunLayout(job.run_dir)
-    source = staging / layout.catalog_zarr.name
     n_rows = int(provenance["source"]["n_rows"])
     result = ConvertResult(n_rows=n_rows, catalog_zarr=layout.catalog_zarr, catalog_hats=None)
     common: dict[str, Any] = {
-        "columns": (STAR_ID, *columns),
         "partition_rows": cfg.hats_partition_rows,
         "highest_order": cfg.hats_highest_order,
         "compression": cfg.parquet_compression,
         "compression_level": cfg.parquet_compression_level,
     }
     build = staging / "build"
+    output = 0
     if cfg.hats and n_rows:
         description = f"galmock mock catalog of job {job.name}"
         with _partitioning_errors(cfg):
             built = write_hats(
                 client,
-                source,
+                runs.runs,
+                output,
                 build / "catalog",
                 job.name,
-                expected_rows=n_rows,
+                schema=schema,
+                histogram=runs.histograms[output],
                 properties=_hats_properties(provenance, description),
-                schema_metadata=provenance,
                 **common,
             )
         os.replace(built, staging / layout.catalog_hats.name)
         result.catalog_hats = layout.catalog_hats
+    output = 1 if cfg.hats else 0
     (staging / layout.selections.name).mkdir()
-    for spec, rows in zip(specs, counts):
+    for k, (spec, rows) in enumerate(zip(specs, counts), start=output):
         if rows == 0:
             log.warning("convert: selection %s picks no star; nothing written for it", spec.name)
             result.selections[spec.name] = (None, 0)
@@ -303,14 +376,14 @@ def _write_hats(
         with _partitioning_errors(cfg):
             built = write_hats(
                 client,
-                source,
+                runs.runs,
+                k,
                 build / spec.name,
                 f"{job.name}-{spec.name}",
-                selection=spec.selection,
-                expected_rows=rows,
+                schema=schema.with_metadata({"galmock": json.dumps(meta, sort_keys=True)}),
                 skymap=False,
+                histogram=runs.histograms[k],
                 properties=_hats_properties(meta, spec.description or spec.name),
-                schema_metadata=meta,
                 **common,
             )
         name = f"{spec.name}.hats"
@@ -399,7 +472,7 @@ def _provenance(
         "units": {name: spec.unit for name, spec in columns.items()},
         "software": {
             p: _version(p)
-            for p in ("astropy", "numpy", "zarr", "dask", "hats", "hats-import", "pyarrow")
+            for p in ("astropy", "numpy", "zarr", "dask", "hats", "pyarrow")
         },
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
