@@ -324,6 +324,7 @@ class ConvertConfig(Section):
     interface: str | None
     worker_timeout_s: PositiveFloat | None
     hats: bool
+    columns: Annotated[list[str], Field(min_length=1)] | None
 
     @field_validator("memory_per_worker")
     @classmethod

@@ -4,7 +4,7 @@ Layout (Zarr v3): a group with one dense 1-D array per column, all of the same l
 chunked along rows with the same chunk length; each array has attributes ``unit`` and
 ``description``. Group attributes::
 
-    format      "galmock.stars/2" (upsample output) or "galmock.catalog/2" (convert output)
+    format      "galmock.stars/2" (upsample output) or "galmock.catalog/3" (convert output)
     complete    false while the catalog is being written; readers refuse it until true
     n_rows      rows in every array
     chunk_rows  chunk length of every array
@@ -85,7 +85,8 @@ log = logging.getLogger(__name__)
 # /2: every chunk is written and ends in a CRC32C checksum (Zarr's crc32c codec), so a missing,
 # truncated or altered chunk is an error naming it instead of zeros or garbage read as stars.
 STARS_FORMAT = "galmock.stars/2"
-CATALOG_FORMAT = "galmock.catalog/2"
+# catalog /3: Gaia DR3 dtypes (radial_velocity float32) and any subset of columns holding ra, dec.
+CATALOG_FORMAT = "galmock.catalog/3"
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
@@ -118,7 +119,7 @@ STAR_COLUMNS: dict[str, ColumnSpec] = {
     "region": _spec("int32", "", "plan region the star was sampled in"),
 }
 
-_REQUIRED = {STARS_FORMAT: tuple(STAR_COLUMNS), CATALOG_FORMAT: tuple(STAR_COLUMNS)}
+_REQUIRED = {STARS_FORMAT: tuple(STAR_COLUMNS), CATALOG_FORMAT: ("ra", "dec")}
 
 
 def _codecs(compressor: str) -> list[Any]:

@@ -133,8 +133,10 @@ def test_catalog_zarr_has_astrometry_units_and_provenance(reference, stars):
         *(src[c] for c in ("x", "y", "z", "vx", "vy", "vz")), frame=galactocentric_frame()
     )
     got = cat.read(CHUNK, 2 * CHUNK)
-    for name in GAIA_COLUMNS:
-        np.testing.assert_array_equal(got[name], want[name])
+    for name in GAIA_COLUMNS:  # Gaia DR3's dtypes: double, radial_velocity float
+        single = name in ("radial_velocity", "distance")
+        assert got[name].dtype == np.dtype("float32" if single else "float64"), name
+        np.testing.assert_array_equal(got[name], want[name].astype(got[name].dtype))
     for name in STAR_COLUMNS:  # the true columns are kept as they were
         np.testing.assert_array_equal(got[name], src[name])
     attrs = cat.attrs
@@ -174,6 +176,35 @@ def test_hats_opens_in_lsdb_and_cone_search_matches_zarr(reference):
     part = reference / "catalog.hats" / hats_partitions(reference / "catalog.hats")[0]
     ra_chunk = pq.ParquetFile(part).metadata.row_group(0).column(2)
     assert ra_chunk.path_in_schema == "ra" and not ra_chunk.has_dictionary_page
+
+
+def test_columns_keeps_only_the_columns_named(reference, stars, client, tmp_path):
+    run = new_run(tmp_path, stars)
+    keep = ["ra", "dec", "parallax", "pmra", "pmdec", "mass"]
+    convert(make_job(run, columns=keep), client=client)
+    cat = open_catalog(run / "catalog.zarr", format=CATALOG_FORMAT)
+    assert cat.columns == keep
+    full = open_catalog(reference / "catalog.zarr").read(columns=keep)
+    for name, values in cat.read().items():
+        np.testing.assert_array_equal(values, full[name])
+    schema = pq.read_schema(run / "catalog.hats" / "dataset" / "_common_metadata")
+    assert schema.names == ["_healpix_29", "star_id", *keep]
+    # The window selects on distance, which is not kept: the same stars all the same.
+    for hats in ("catalog.hats", f"selections/{WINDOW}.hats"):
+        ids = pq.read_table(run / hats / "dataset", columns=["star_id"])["star_id"].to_numpy()
+        ref = pq.read_table(reference / hats / "dataset", columns=["star_id"])["star_id"]
+        np.testing.assert_array_equal(np.sort(ids), np.sort(ref.to_numpy()))
+
+    (tmp_path / "bad").mkdir()
+    other = new_run(tmp_path / "bad", stars)
+    for bad, message in (
+        (["ra", "dec", "paralax"], r"convert\.columns: unknown column\(s\) 'paralax'; known: ra,"),
+        (["ra", "parallax"], r"convert\.columns = \['ra', 'parallax'\]: lacks dec"),
+        (["ra", "dec", "ra"], r"convert\.columns: 'ra' listed twice"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            convert(make_job(other, columns=bad), client=client)
+    assert sorted(p.name for p in other.iterdir()) == ["stars.zarr"]  # checked before anything
 
 
 def test_results_do_not_depend_on_worker_count(reference, stars, tmp_path):

@@ -2,9 +2,10 @@
 
 Outputs (each replaced as a whole, never left half-written)::
 
-    <run>/catalog.zarr                 every star: Gaia DR3 astrometry + the star columns,
-                                       chunked like stars.zarr, compressed with
-                                       upsample.compressor (format galmock.catalog/2)
+    <run>/catalog.zarr                 every star: Gaia DR3 astrometry + the star columns
+                                       (those convert.columns names), chunked like
+                                       stars.zarr, compressed with upsample.compressor
+                                       (format galmock.catalog/3)
     <run>/catalog.hats/                the same rows as HATS (HEALPix-partitioned Parquet that
                                        lsdb.open_catalog reads), plus star_id and _healpix_29;
                                        skipped when convert.hats is false
@@ -14,8 +15,23 @@ Outputs (each replaced as a whole, never left half-written)::
                                        whole, so specs no longer listed disappear.
 
 Astrometry columns (:data:`galmock.frames.GAIA_COLUMNS`, units in
-:data:`galmock.frames.COLUMN_UNITS`, all float64): ra, dec, parallax, pmra, pmdec,
-radial_velocity, l, b, distance. ``star_id`` is the star's row in stars.zarr / catalog.zarr.
+:data:`galmock.frames.COLUMN_UNITS`): ra, dec, parallax, pmra, pmdec, radial_velocity, l, b,
+distance, in Gaia DR3's dtypes (float64, radial_velocity float32 as in gaia_source; the
+velocities it comes from are float32) and distance float32 (1e-7 relative: a thousandth of the
+best parallax error Gaia will reach). ``star_id`` is the star's row in stars.zarr /
+catalog.zarr.
+
+Bytes per star (uncompressed; the files are ~15-20% smaller):
+
+=====================================================  ==========  ===========
+``convert.columns``                                    catalog.zarr  HATS rows
+=====================================================  ==========  ===========
+null (all 20 columns)                                  124         140
+without x, y, z, vx, vy, vz                            88          104
+[ra, dec, parallax, pmra, pmdec]                       40          56
+=====================================================  ==========  ===========
+
+(HATS adds ``star_id`` and ``_healpix_29``, 8 bytes each.)
 Units are in every column's metadata (Zarr array attrs, Arrow field metadata); the frame
 (galcen_distance, z_sun, v_sun, roll, astropy version), reference epoch, galmock version and
 source job are in the Zarr group attrs, the Parquet schema metadata (key ``galmock``) and
@@ -56,7 +72,7 @@ Example:
     [([0], None), ([0], None)]
     >>> mark_complete(target)
     >>> open_catalog(target).read(columns=["distance"])["distance"].round(3)
-    array([8.122, 2.122, 0.124, 1.878])
+    array([8.122, 2.122, 0.124, 1.878], dtype=float32)
 """
 
 from __future__ import annotations
@@ -105,6 +121,11 @@ __all__ = ["CATALOG_DESCRIPTIONS", "ConvertResult", "catalog_columns", "convert_
 log = logging.getLogger("galmock.convert")
 
 PHASE_SPACE = ("x", "y", "z", "vx", "vy", "vz")
+#: Astrometry dtypes: gaia_source's (double, radial_velocity float); distance is galmock's own.
+CATALOG_DTYPES = {name: "float64" for name in GAIA_COLUMNS} | {
+    "radial_velocity": "float32",
+    "distance": "float32",
+}
 CATALOG_DESCRIPTIONS = {
     "ra": "right ascension (ICRS)",
     "dec": "declination (ICRS)",
@@ -152,13 +173,13 @@ def run(job: JobConfig, client: Any = None) -> ConvertResult:
     layout = RunLayout(job.run_dir)
     stars = open_catalog(layout.stars, format=STARS_FORMAT)
     require_current_stars(job, stars)
+    columns = catalog_columns(stars, job.convert.columns)
     # The cluster first: under dask-mpi only the client rank gets past this line.
     with _client(job, client) as cluster_client, exclusive(layout.lock("convert"), "convert"):
         staging = layout.convert_staging
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed conversion
         staging.mkdir(parents=True)
         try:
-            columns = catalog_columns(stars)
             provenance = _provenance(job, stars, columns)
             schema = catalog_schema(
                 {n: (c.dtype.str, c.unit, c.description) for n, c in columns.items()},
@@ -177,13 +198,39 @@ def run(job: JobConfig, client: Any = None) -> ConvertResult:
     return result
 
 
-def catalog_columns(stars: StarCatalog) -> dict[str, ColumnSpec]:
-    """Columns of catalog.zarr: the astrometry, then every column of the star catalog."""
+def catalog_columns(
+    stars: StarCatalog, keep: Sequence[str] | None = None
+) -> dict[str, ColumnSpec]:
+    """Columns of catalog.zarr: the astrometry, then the columns of the star catalog; only
+    those in ``keep`` (``convert.columns``) when given, in this order.
+
+    Raises:
+        ConfigError: ``keep`` names an unknown column, one twice, or lacks ra or dec.
+    """
     astrometry = {
-        name: ColumnSpec(np.dtype("float64"), COLUMN_UNITS[name], CATALOG_DESCRIPTIONS[name])
+        name: ColumnSpec(np.dtype(CATALOG_DTYPES[name]), COLUMN_UNITS[name],
+                         CATALOG_DESCRIPTIONS[name])
         for name in GAIA_COLUMNS
     }
-    return {**astrometry, **{name: stars.spec(name) for name in stars.columns}}
+    columns = {**astrometry, **{name: stars.spec(name) for name in stars.columns}}
+    if keep is None:
+        return columns
+    unknown = [name for name in keep if name not in columns]
+    if unknown:
+        raise ConfigError(
+            f"convert.columns: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(columns)}"
+        )
+    twice = sorted({name for name in keep if list(keep).count(name) > 1})
+    if twice:
+        raise ConfigError(f"convert.columns: {', '.join(map(repr, twice))} listed twice")
+    lacking = [name for name in ("ra", "dec") if name not in keep]
+    if lacking:
+        raise ConfigError(
+            f"convert.columns = {list(keep)}: lacks {' and '.join(lacking)}, which every "
+            "catalog keeps (HATS partitions by them)"
+        )
+    return {name: spec for name, spec in columns.items() if name in keep}
 
 
 def convert_chunk(
@@ -193,11 +240,13 @@ def convert_chunk(
     source: str,
     target: str,
     observer: Mapping[str, Any],
+    columns: Sequence[str] | None = None,
     selections: Sequence[SelectionSpec] = (),
     runs: HatsRuns | None = None,
     abort: str | None = None,
 ) -> tuple[list[int], SortedRun | None] | None:
-    """Convert rows ``start:stop`` of ``source`` into ``target``; one Dask task.
+    """Convert rows ``start:stop`` of ``source`` into ``target`` (its ``columns``; default: all
+    computed); one Dask task.
 
     Returns how many of these rows each selection picks and, when ``runs`` asks for HATS
     output, the chunk's sorted run (see galmock.hats); ``None`` without doing anything when
@@ -215,8 +264,10 @@ def convert_chunk(
                 f"{start}:{stop} (first at row {start + i}: {data[name][i]})"
             )
     frame = galactocentric_frame(**observer)
-    out = {**galactocentric_to_icrs(*(data[c] for c in PHASE_SPACE), frame=frame), **data}
-    write_rows(target, start, out)
+    astrometry = galactocentric_to_icrs(*(data[c] for c in PHASE_SPACE), frame=frame)
+    # As stored: selections then pick by the values the catalog holds.
+    out = {**{k: v.astype(CATALOG_DTYPES[k], copy=False) for k, v in astrometry.items()}, **data}
+    write_rows(target, start, out if columns is None else {c: out[c] for c in columns})
     masks = [selection_mask(s, out) for s in selections]
     run = None
     if runs is not None:
@@ -296,6 +347,7 @@ def _write_zarr(
         source=str(stars.path),
         target=str(target),
         observer=job.observer.model_dump(),
+        columns=list(columns),
         selections=[s.selection for s in specs],
         runs=runs,
         abort=str(staging / "ABORT"),
