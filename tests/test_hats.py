@@ -14,6 +14,7 @@ from hats.pixel_math.partition_stats import generate_alignment
 
 from galmock.hats import (
     catalog_schema,
+    destination_pixels,
     partition_orders,
     pixel_histogram,
     plan_partitions,
@@ -75,17 +76,19 @@ def test_partition_orders_are_hats_alignment():
         threshold = int(max(histogram.max(), histogram.sum() // rng.integers(2, 20)))
         alignment = generate_alignment(histogram, order, 0, threshold, drop_empty_siblings=True)
         pixels = np.flatnonzero(histogram)
-        orders = partition_orders(pixels, histogram[pixels], order, threshold)
+        orders = partition_orders(histogram, threshold)[pixels]
         assert [tuple(alignment[p][:2]) for p in pixels] == [
             (o, p >> 2 * (order - o)) for o, p in zip(orders, pixels)
         ], seed
+        want = sorted({tuple(int(v) for v in alignment[p]) for p in pixels})
+        assert sorted(zip(*(a.tolist() for a in destination_pixels(histogram, threshold)))) == want
         distinct_orders.append(len(set(orders)))
     assert max(distinct_orders) >= 3 and np.mean(np.array(distinct_orders) > 1) > 0.5
 
 
 def test_partition_orders_refuse_an_overfull_pixel():
     with pytest.raises(ValueError, match="single pixel row count 12 exceeds threshold 10"):
-        partition_orders(np.array([3, 7]), np.array([12, 1]), 2, 10)
+        partition_orders(np.bincount([3] * 12 + [7], minlength=192), 10)
 
 
 def test_partitions_do_not_depend_on_how_rows_are_chunked(tmp_path):
