@@ -89,6 +89,7 @@ from hats.pixel_math.spatial_index import (
     compute_spatial_index,
 )
 
+from galmock.errors import InputError
 from galmock.parallel.dask import track
 from galmock.version import __version__
 
@@ -104,6 +105,7 @@ __all__ = [
     "partition_orders",
     "pixel_histogram",
     "plan_partitions",
+    "verify_catalog",
     "write_hats",
     "write_partition",
     "write_run",
@@ -394,11 +396,13 @@ def parquet_kwargs(
 ) -> dict[str, Any]:
     """``pyarrow.parquet.write_table`` settings of a partition: hats' defaults (byte-stream-split
     floats, delta-coded sort keys, no dictionary) with the codec given, one row group per file
-    as hats-import writes it."""
+    as hats-import writes it, and page checksums."""
     kwargs: dict[str, Any] = {
         "compression": compression,
         "use_dictionary": False,
         "sorting_columns": pq.SortingColumn.from_ordering(schema, _ORDERING),
+        # A CRC32 per page: verify_catalog (galmock verify) finds a damaged file.
+        "write_page_checksum": True,
     }
     if compression_level is not None:
         kwargs["compression_level"] = compression_level
@@ -457,6 +461,49 @@ def finish_catalog(
     if skymap_order is not None:
         table_properties["skymap_order"] = skymap_order
     TableProperties(**table_properties).to_properties_file(catalog_dir)
+
+
+def verify_catalog(catalog_dir: str | Path) -> int:
+    """Check a HATS catalog galmock wrote; returns its rows.
+
+    Every partition ``partition_info.csv`` lists exists (and no other), every page's checksum
+    holds (every row is read), every row's ``_healpix_29`` lies in its partition's pixel, and
+    the rows add up to ``hats.properties``' ``hats_nrows``.
+
+    Raises:
+        InputError: naming the file and what is wrong with it.
+    """
+    catalog_dir = Path(catalog_dir)
+    try:
+        properties = TableProperties.read_from_dir(catalog_dir)
+        info = PartitionInfo.read_from_dir(catalog_dir)
+    except Exception as err:  # hats raises several types for a missing or malformed file
+        raise InputError(f"{catalog_dir}: not a readable HATS catalog: {err}") from err
+    pixels = info.get_healpix_pixels()
+    listed = {Path(paths.pixel_catalog_file(catalog_dir, pixel)) for pixel in pixels}
+    present = set((catalog_dir / "dataset").rglob("Npix=*"))
+    for path in sorted(listed - present):
+        raise InputError(f"{path}: missing (partition_info.csv lists it)")
+    for path in sorted(present - listed):
+        raise InputError(f"{path}: a partition partition_info.csv does not list")
+    rows = 0
+    for pixel in pixels:
+        path = Path(paths.pixel_catalog_file(catalog_dir, pixel))
+        try:
+            table = pq.ParquetFile(path, page_checksum_verification=True).read()  # every page
+        except Exception as err:  # pyarrow: OSError for a bad checksum, others for garbage
+            raise InputError(f"{path}: damaged: {err}") from err
+        index = table[SPATIAL_INDEX_COLUMN].to_numpy()
+        start, stop = Partition(pixel.order, pixel.pixel, 0, ()).index_range
+        if len(index) and (index.min() < start or index.max() >= stop):
+            raise InputError(f"{path}: rows outside HEALPix pixel {pixel}")
+        rows += len(index)
+    if rows != properties.total_rows:
+        raise InputError(
+            f"{catalog_dir}: the partitions hold {rows} rows, hats.properties says "
+            f"{properties.total_rows}"
+        )
+    return rows
 
 
 def _builder() -> str:

@@ -26,6 +26,7 @@ from distributed import Client, LocalCluster
 from galmock.config import JobConfig, default_config, validate_job
 from galmock.errors import ConfigError, InputError
 from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, galactocentric_to_icrs
+from galmock.hats import verify_catalog
 from galmock.parallel.dask import WORKER_MALLOC, local_cluster, slurm_cluster
 from galmock.selection import cone_mask, load_catalog_spec
 from galmock.stages.convert import run as convert
@@ -176,6 +177,8 @@ def test_hats_opens_in_lsdb_and_cone_search_matches_zarr(reference):
     part = reference / "catalog.hats" / hats_partitions(reference / "catalog.hats")[0]
     ra_chunk = pq.ParquetFile(part).metadata.row_group(0).column(2)
     assert ra_chunk.path_in_schema == "ra" and not ra_chunk.has_dictionary_page
+    assert verify_catalog(reference / "catalog.hats") == N_STARS  # page checksums, pixels
+    assert verify_catalog(reference / "selections" / f"{WINDOW}.hats") == len(picked)
 
 
 def test_columns_keeps_only_the_columns_named(reference, stars, client, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 import lsdb
@@ -12,12 +13,14 @@ import pytest
 from hats.io.validation import is_valid_catalog
 from hats.pixel_math.partition_stats import generate_alignment
 
+from galmock.errors import InputError
 from galmock.hats import (
     catalog_schema,
     destination_pixels,
     partition_orders,
     pixel_histogram,
     plan_partitions,
+    verify_catalog,
     write_hats,
     write_partition,
     write_run,
@@ -156,3 +159,40 @@ def test_a_run_that_lost_rows_is_an_error(tmp_path):
                                          r"\d+ rows, \d+ planned"):
         for part in parts:
             write_partition(part, tmp_path / "cat", {})
+
+
+def test_verify_catalog_finds_damage(tmp_path):
+    cols = sky(8000, seed=5)
+    runs = runs_of(cols, [0, 4000, 8000], tmp_path / "runs", order=5)
+    path = write_hats(None, runs, 0, tmp_path / "cat", "cat", schema=SCHEMA,
+                      partition_rows=1500, highest_order=5)
+    assert verify_catalog(path) == 8000
+    parts = sorted((path / "dataset").rglob("Npix=*"))
+    assert len(parts) > 4
+
+    # One flipped bit in a data page: the page checksum catches it.
+    work = tmp_path / "flipped"
+    shutil.copytree(path, work)
+    target = work / parts[2].relative_to(path)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    target.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"{target.name}: damaged"):
+        verify_catalog(work)
+
+    # A partition gone, or one nobody listed.
+    for name, damage in (("gone", lambda p: p.unlink()),
+                         ("extra", lambda p: shutil.copy(p, p.with_name("Npix=99999.parquet")))):
+        work = tmp_path / name
+        shutil.copytree(path, work)
+        damage(work / parts[1].relative_to(path))
+        message = "missing .partition_info.csv" if name == "gone" else "does not list"
+        with pytest.raises(InputError, match=message):
+            verify_catalog(work)
+
+    # A partition swapped for another's rows: rows outside its pixel.
+    work = tmp_path / "swapped"
+    shutil.copytree(path, work)
+    shutil.copy(work / parts[0].relative_to(path), work / parts[3].relative_to(path))
+    with pytest.raises(InputError, match="rows outside HEALPix pixel"):
+        verify_catalog(work)

@@ -9,7 +9,10 @@ A damaged, missing or stale product is named, never read as valid (#16). In orde
   trained on the particles the plan now gives the region, with the job's seed and settings;
 - ``stars.zarr``: made from the current plan, models and settings; complete, no chunk
   missing, every chunk's CRC32C, and each region's rows hash to the sha256 upsample recorded;
-- ``catalog.zarr``: complete, no chunk missing, every chunk's CRC32C.
+- ``catalog.zarr``: complete, no chunk missing, every chunk's CRC32C;
+- ``catalog.hats`` and each ``selections/<name>.hats``: every partition partition_info.csv
+  lists present (and no other), every Parquet page's checksum, every row in its partition's
+  sky pixel, the rows adding up to hats.properties' count (catalog.hats: to catalog.zarr's).
 
 Products not made yet are reported as such and not counted as failures. The command prints one
 line per product and exits 1 if any check failed.
@@ -26,6 +29,7 @@ Example:
     models: not made yet
     stars.zarr: not made yet
     catalog.zarr: not made yet
+    catalog.hats: not made yet
     >>> _ = RunLayout(job.run_dir).plan.write_text("{}")
     >>> run(job)
     Traceback (most recent call last):
@@ -38,11 +42,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from galmock.chunks import read_column
 from galmock.config import JobConfig
 from galmock.errors import GalmockError, InputError
 from galmock.flows.artifact import load_artifact
+from galmock.hats import verify_catalog
 from galmock.layout import RunLayout
 from galmock.models import model_location, require_current
 from galmock.particles import read_particle_store
@@ -87,6 +93,11 @@ def run(job: JobConfig) -> list[Check]:
                          lambda: _models(job, plan)))  # type: ignore[arg-type]
     checks.append(_check("stars.zarr", layout.stars.exists(), lambda: _stars(job, layout)))
     checks.append(_check("catalog.zarr", layout.catalog_zarr.exists(), lambda: _catalog(layout)))
+    checks.append(_check("catalog.hats", layout.catalog_hats.exists(),
+                         lambda: _hats(layout.catalog_hats, layout)))
+    for hats in sorted(layout.selections.glob("*.hats")):
+        checks.append(_check(f"{layout.selections.name}/{hats.name}", True,
+                             lambda hats=hats: _hats(hats, None)))
     for c in checks:
         print(c.line())
     failed = [c for c in checks if c.status == "failed"]
@@ -152,6 +163,16 @@ def _stars(job: JobConfig, layout: RunLayout) -> str:
         raise InputError(f"{layout.stars}: the block records cover {covered} of "
                          f"{len(catalog)} rows")
     return f"{len(catalog):,} stars, {len(records)} region block(s) match their sha256"
+
+
+def _hats(path: Path, layout: RunLayout | None) -> str:
+    rows = verify_catalog(path)
+    if layout is not None and layout.catalog_zarr.exists():
+        zarr_rows = len(open_catalog(layout.catalog_zarr, format=CATALOG_FORMAT))
+        if rows != zarr_rows:
+            raise InputError(f"{path}: {rows} rows, but {layout.catalog_zarr.name} has "
+                             f"{zarr_rows}")
+    return f"{rows:,} rows, every page's checksum holds"
 
 
 def _catalog(layout: RunLayout) -> str:
