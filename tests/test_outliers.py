@@ -14,6 +14,8 @@ from galmock.flows.preprocess import PositionPreprocessing
 from galmock.imf import kroupa2001
 from galmock.particles import read_particle_store
 from galmock.plan import build_kdtree_plan, read_plan
+from galmock.regions import RegionParticles
+from galmock.sampling import support_radius
 from galmock.stages import run_pipeline
 from galmock.store import open_catalog
 
@@ -103,3 +105,13 @@ def test_stellar_mass_per_region_matches_particle_mass_outliers_included(tmp_pat
         sigma = np.sqrt(lam * m2)  # compound Poisson: Var(sum m) = lambda <m^2>
         assert abs(total - f * r.owned_mass) < 5 * sigma, (r.id, total, f * r.owned_mass, sigma)
     assert far_regions and sum(plan.regions[i].owned_mass for i in far_regions) > 0
+
+    # No star lies beyond its region's farthest training particle: the outer regions' flows
+    # reach to infinity in the log-radial map, and put stars out to Mpc before (#12).
+    stars = open_catalog(tmp_path / "run" / "stars.zarr").read(columns=["x", "y", "z", "region"])
+    radius = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
+    training = RegionParticles(tmp_path / "run" / "training.zarr", plan)
+    for r in plan.regions:
+        mine = stars["region"] == r.id
+        if mine.any():
+            assert radius[mine].max() <= support_radius(training.particles(r.id).pos), r.id

@@ -77,6 +77,7 @@ from galmock.sampling import (
     star_columns,
     star_counts,
     star_masses,
+    support_radius,
 )
 from galmock.seeds import region_seed
 from galmock.store import (
@@ -294,8 +295,9 @@ class _RegionSampler:
                 log.info("%s: region %d: resuming at batch %d, %d of %d stars already sampled",
                          rank, rid, tally["batch"], writer.rows, n)
             last = saved = time.perf_counter()
+            owns = owned_volume(self.plan, rid, support_radius(particles.pos))
             for batch, pos, vel in owned_batches(
-                propose, owned_volume(self.plan, rid), n, cfg.batch_rows,
+                propose, owns, n, cfg.batch_rows,
                 owned_acceptance_prior(region), label=f"region {rid}", tally=tally,
                 start=tally if resumed is not None else None,
             ):  # fmt: skip
