@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from galmock.validate.profile import radial_profile
 
 REPO = Path(__file__).resolve().parent.parent
 SOLAR = REPO / "jobs" / "solar-sphere.yaml"
@@ -93,6 +96,22 @@ def test_truth_and_mmd_numbers(validated: tuple[Path, subprocess.CompletedProces
     # The truth is the test particles' own distribution: MMD^2 = 0 within 4 SE.
     assert abs(report["mmd"]["truth"]["mmd2"]) < 4 * report["mmd"]["truth"]["stderr"]
     assert report["seams"] == {"faces": [], "note": "no internal faces (a single region)"}
+
+
+def test_radial_profile_flags_a_compressed_halo() -> None:
+    """Stars drawn from the particles' own profile pass (|z| < 4 in every shell); stars whose
+    halo beyond 30 kpc was pulled in by a third fail there by many standard errors."""
+    rng = np.random.default_rng(3)
+    particle_r = 10 ** rng.uniform(-0.5, 2.0, 50_000)  # log-uniform: a halo to 100 kpc
+    faithful = 10 ** rng.uniform(-0.5, 2.0, 1_000_000)
+    rows = radial_profile(particle_r, np.ones(len(particle_r)), faithful)
+    assert max(abs(row["z"]) for row in rows) < 4
+    assert sum(row["particles"] for row in rows) == len(particle_r)
+    compressed = np.where(faithful > 30, 30 + (faithful - 30) / 3, faithful)
+    rows = {row["r_lo_kpc"]: row for row in radial_profile(particle_r, np.ones(len(particle_r)),
+                                                           compressed)}
+    assert rows[70]["ratio"] < 0.1 and rows[70]["z"] < -10
+    assert rows[30]["ratio"] > 1.3 and rows[30]["z"] > 10
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ from galmock.validate.classifier import (
     train_classifier,
 )
 from galmock.validate.mmd import linear_mmd, median_bandwidth
+from galmock.validate.profile import radial_profile
 from galmock.validate.report import DEFINITIONS, REPORT_FORMAT, summary_table, write_report_files
 from galmock.validate.seams import internal_faces, seam_counts, seam_excess
 from galmock.validate.truth import (
@@ -233,6 +234,7 @@ def _validate(job: JobConfig) -> dict[str, Any]:
 
     with atomic_directory(layout.report) as staging:
         report["seams"], stars = _seams(job, plan, draws, data, truth)
+        report["radial_profile"] = _radial_profile(job, data)
         report["figures"] = []
         if cfg.figures:
             report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
@@ -374,6 +376,21 @@ def _seams(
             "width_kpc": width}, stars
 
 
+def _radial_profile(job: JobConfig, data: GalaxyParticles) -> dict[str, Any]:
+    """Each galactocentric shell's share of the stars (up to ``seam_stars``, an even stride
+    through stars.zarr) against the particles' share of the mass
+    (:mod:`galmock.validate.profile`)."""
+    stars = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
+    if stars is None:
+        return {"shells": [], "note": "no stars.zarr"}
+    star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
+    particle_r = np.sqrt((data.pos**2).sum(axis=1))
+    shells = radial_profile(particle_r, data.store.load(["mass"])["mass"], star_r)
+    worst = max(shells, key=lambda row: abs(row["z"]))
+    return {"shells": shells, "source": f"stars.zarr ({len(star_r)} stars, an even stride)",
+            "worst": {k: worst[k] for k in ("r_lo_kpc", "r_hi_kpc", "ratio", "z")}}
+
+
 def _read_stars(
     job: JobConfig, rows: int, columns: tuple[str, ...]
 ) -> dict[str, np.ndarray] | None:
@@ -448,6 +465,11 @@ def _figures(
     if seams.get("faces"):
         figures.seam_figure(staging / "seams.png", seams["faces"], seams["source"])
         add("seams.png", "Seam diagnostics across internal region faces")
+    profile = report.get("radial_profile", {})
+    if profile.get("shells"):
+        figures.radial_profile_figure(staging / "radial.png", profile["shells"],
+                                      profile["source"])
+        add("radial.png", "Radial profile: stars vs particle mass per galactocentric shell")
     log.info("validate: %d figure(s) in %.1f s", len(out), time.perf_counter() - t0)
     return out
 

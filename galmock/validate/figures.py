@@ -192,3 +192,31 @@ def seam_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str
     ax.set_title(f"seams across internal region faces\n{source}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def radial_profile_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str) -> Path:
+    """Mass fraction per galactocentric shell: particles (points, Poisson bars) and stars
+    (line) on top, their ratio below (1 = faithful)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True,
+                                      gridspec_kw={"height_ratios": [2, 1]})
+    mid = np.array([np.sqrt(max(r["r_lo_kpc"], 0.1) * r["r_hi_kpc"]) for r in rows])
+    width = np.array([r["r_hi_kpc"] - r["r_lo_kpc"] for r in rows])
+    particles = np.array([r["particle_fraction"] for r in rows]) / width
+    stars = np.array([r["star_fraction"] for r in rows]) / width
+    err = np.array([r["particle_stderr"] for r in rows]) / width
+    top.errorbar(mid, particles, yerr=err, fmt="o", color="k", ms=3, label="particles (mass)")
+    top.plot(mid, stars, "-", color="C1", label="stars (number)")
+    top.set_yscale("log")
+    top.set_ylabel("fraction per kpc")
+    top.legend(fontsize=7)
+    ratio = np.array([r["ratio"] for r in rows])
+    ratio_err = np.array([r["ratio_stderr"] for r in rows])
+    bottom.errorbar(mid, ratio, yerr=ratio_err, fmt="o", color="C1", ms=3)
+    bottom.axhline(1.0, color="k", lw=0.8)
+    bottom.set_xscale("log")
+    bottom.set_ylim(0.0, 2.0)
+    bottom.set_xlabel("galactocentric radius [kpc]")
+    bottom.set_ylabel("stars / particles")
+    top.set_title(f"radial profile\n{source}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

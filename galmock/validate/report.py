@@ -54,6 +54,9 @@ DEFINITIONS = {
     "mmd2": "linear-time MMD^2 (Gretton et al. 2012), Gaussian kernel on standardised "
             "(x, y, z, vx, vy, vz), between the draws and the test particles; 0 within its "
             "stderr = same distribution.",
+    "radial_profile": "per galactocentric shell: the fraction of the stars in it against the "
+                      "fraction of the particle mass, with Poisson errors from both counts; "
+                      "ratio 1 and |z| < ~3 = faithful.",
     "seams": "per internal k-d face: step = log(rho_R/rho_L), the jump of the star density "
              "across the face from four slabs of seam_width_kpc (the smooth gradient removed); "
              "seam = step minus the same step of a seamless reference (true draws, else the "
@@ -185,6 +188,10 @@ def summary_table(report: Mapping[str, Any]) -> str:
                      f"{_fmt(dse, 2):>8} {_fmt(m.get('mmd2')):>10} {_fmt(m.get('stderr'), 2):>8}")
     if "best" in test:
         lines.append(f"best: {test['best']} (larger LP = closer to the held-out particles)")
+    worst = report.get("radial_profile", {}).get("worst")
+    if worst:
+        lines.append(f"radial profile: worst shell {worst['r_lo_kpc']:g}-{worst['r_hi_kpc']:g} "
+                     f"kpc, stars/particles = {_fmt(worst['ratio'])} (z = {_fmt(worst['z'])})")
     truth = report.get("truth", {})
     for label, t in truth.get("upsamplers", {}).items():
         ll = t.get("heldout_loglikelihood")
