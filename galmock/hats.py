@@ -356,11 +356,14 @@ def write_partition(
     partition: Partition,
     catalog_dir: str | Path,
     write_kwargs: Mapping[str, Any],
+    schema: pa.Schema | None = None,
 ) -> int:
     """Write one destination pixel's Parquet file; returns its rows.
 
-    ``write_kwargs`` come from :func:`parquet_kwargs`. Raises ``ValueError`` when the runs do
-    not hold the planned number of rows (a damaged or foreign run).
+    ``write_kwargs`` come from :func:`parquet_kwargs`; ``schema``, when given, supplies the
+    file's schema metadata (a selection's provenance differs from the runs'). Raises
+    ``ValueError`` when the runs do not hold the planned number of rows (a damaged or foreign
+    run).
     """
     start, stop = partition.index_range
     pieces = []
@@ -387,6 +390,8 @@ def write_partition(
         table = table.take(np.argsort(index, kind="stable"))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(partition.order, partition.pixel))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if schema is not None:
+        table = table.replace_schema_metadata(schema.metadata)
     pq.write_table(table.combine_chunks(), str(path), **write_kwargs)
     return len(table)
 
@@ -549,7 +554,8 @@ def write_hats(
     try:
         # Biggest first: the last task to start is then a small one (less idle time at the end).
         by_size = sorted(partitions, key=lambda p: -p.rows)
-        _map(client, write_partition, by_size, catalog_dir=str(catalog_dir), write_kwargs=kwargs)
+        _map(client, write_partition, by_size, catalog_dir=str(catalog_dir), write_kwargs=kwargs,
+         schema=schema)
     finally:
         maps.shutdown()
     if pending is not None:

@@ -172,6 +172,11 @@ def test_hats_opens_in_lsdb_and_cone_search_matches_zarr(reference):
     schema = pq.read_schema(reference / "catalog.hats" / "dataset" / "_common_metadata")
     assert schema.field("pmra").metadata[b"unit"] == b"mas / yr"
     assert b"galcen_distance_kpc" in schema.metadata[b"galmock"]
+    assert b'"selection"' not in schema.metadata[b"galmock"]
+    window_dir = reference / "selections" / f"{WINDOW}.hats"
+    for path in (window_dir / "dataset" / "_common_metadata", *hats_partitions(window_dir)):
+        meta = pq.read_schema(window_dir / path if path.name.startswith("Npix") else path)
+        assert b'"selection"' in meta.metadata[b"galmock"], path  # the selection's provenance
     props = (reference / "catalog.hats" / "hats.properties").read_text()
     assert "galmock_ref_epoch=2016.0" in props and "galmock_astropy_version=" in props
     part = reference / "catalog.hats" / hats_partitions(reference / "catalog.hats")[0]
