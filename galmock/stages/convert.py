@@ -23,13 +23,13 @@ catalog.zarr.
 
 Bytes per star (uncompressed; the files are ~15-20% smaller):
 
-=====================================================  ==========  ===========
-``convert.columns``                                    catalog.zarr  HATS rows
-=====================================================  ==========  ===========
-null (all 20 columns)                                  124         140
-without x, y, z, vx, vy, vz                            88          104
-[ra, dec, parallax, pmra, pmdec]                       40          56
-=====================================================  ==========  ===========
+================================  ============  =========
+``convert.columns``               catalog.zarr  HATS rows
+================================  ============  =========
+null (all 20 columns)             124           140
+without x, y, z, vx, vy, vz       88            104
+[ra, dec, parallax, pmra, pmdec]  40            56
+================================  ============  =========
 
 (HATS adds ``star_id`` and ``_healpix_29``, 8 bytes each.)
 Units are in every column's metadata (Zarr array attrs, Arrow field metadata); the frame
