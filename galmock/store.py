@@ -653,6 +653,10 @@ class BlockCatalog:
         if found == wanted and (staging / target.name / "zarr.json").is_file():
             for tmp in (staging / "pieces").glob(".*"):
                 shutil.rmtree(tmp, ignore_errors=True)  # half-written pieces
+            # Zarr writes each chunk to <key>.<uuid>.partial and renames it: a writer killed in
+            # between leaves that file, which would otherwise end up in the finished catalog.
+            for tmp in (staging / target.name).rglob("*.partial"):
+                tmp.unlink(missing_ok=True)
             return cls(target, layout, list(columns), fingerprint)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

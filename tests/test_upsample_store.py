@@ -90,6 +90,26 @@ def test_resume_keeps_finished_blocks_and_a_new_fingerprint_starts_afresh(tmp_pa
     assert BlockCatalog.prepare(target, layout, STAR_COLUMNS, "other").done() == {}
 
 
+def test_resume_removes_chunk_files_a_killed_writer_left(tmp_path) -> None:
+    """Zarr writes a chunk to <key>.<uuid>.partial, then renames it; a SIGKILL in between left
+    that file, and the resumed catalog carried it into stars.zarr (seen in the kill test)."""
+    target = tmp_path / "stars.zarr"
+    layout = RowLayout((5, 6), chunk_rows=4)
+    data = rows(11, 3)
+    cat = BlockCatalog.prepare(target, layout, STAR_COLUMNS, "fp")
+    write_blocks(cat, data, [1], seed=0)
+    stray = cat.store / "vx" / "c" / "0.ca904cdaf58f4e52a28192caa24e2b54.partial"
+    stray.write_bytes(b"half a chunk")
+    cat = BlockCatalog.prepare(target, layout, STAR_COLUMNS, "fp")  # the rerun resumes
+    assert not stray.exists() and sorted(cat.done()) == [1]
+    write_blocks(cat, data, [0], seed=0)
+    for k in layout.edge_chunks():
+        cat.assemble(k)
+    final = cat.finalize()
+    assert not list(final.rglob("*.partial"))
+    np.testing.assert_array_equal(open_catalog(final).read(columns=["vx"])["vx"], data["vx"])
+
+
 def test_finalize_replaces_an_old_catalog_only_when_complete(tmp_path) -> None:
     target = tmp_path / "stars.zarr"
     write_star_catalog(target, rows(3, 0), chunk_rows=2)
