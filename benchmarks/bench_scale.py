@@ -26,12 +26,11 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _process import timed_run
+
 MAXRSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 
 
@@ -41,12 +40,7 @@ def stage(run: Path, name: str, sets: list[str]) -> tuple[float, float]:
            str(run / "job.yaml"), "--output", str(run)]
     for s in sets:
         cmd += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - t0
-    if result.returncode != 0:
-        sys.exit(f"{name} failed:\n{result.stderr[-4000:]}")
+    result, wall = timed_run(cmd, name)
     rss = int(MAXRSS.search(result.stderr)[1]) / 1024  # type: ignore[index]
     return wall, rss
 

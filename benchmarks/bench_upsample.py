@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _process import timed_run
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,13 +42,7 @@ def galmock(ranks: int, *args: str) -> tuple[subprocess.CompletedProcess, float]
     cmd = [sys.executable, "-m", "galmock", *args]
     if ranks > 1:
         cmd = [str(shutil.which("mpiexec", path=str(BIN)) or "mpiexec"), "-n", str(ranks), *cmd]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - t0
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{result.stderr[-4000:]}")
-    return result, wall
+    return timed_run(cmd, " ".join(cmd))
 
 
 def prepare(job: Path, base: Path, sets: list[str], epochs: int) -> None:
