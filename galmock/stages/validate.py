@@ -233,8 +233,10 @@ def _validate(job: JobConfig) -> dict[str, Any]:
     report["mmd"] = _mmd(z, z_test, truth_samples, job)
 
     with atomic_directory(layout.report) as staging:
-        report["seams"], stars = _seams(job, plan, draws, data, truth)
-        report["radial_profile"] = _radial_profile(job, data)
+        # One even stride through stars.zarr serves the seams and the radial profile.
+        many = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
+        report["seams"], stars = _seams(job, plan, draws, data, truth, many)
+        report["radial_profile"] = _radial_profile(data, many)
         report["figures"] = []
         if cfg.figures:
             report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
@@ -339,20 +341,19 @@ def _mmd(
 
 def _seams(
     job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: GalaxyParticles,
-    truth: DemoTruth | None,
+    truth: DemoTruth | None, many: dict[str, np.ndarray] | None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """Seams on the production stars (up to ``seam_stars`` of them, an even stride through
-    ``stars.zarr``) when it exists, else on the run's flow draws: per face the star density's
-    step, its excess over a seamless reference (as many true draws where the truth is known,
-    else the particles) and the comparison with the particles. Also returns the stars for the
-    figures."""
+    """Seams on the production stars (``many``: up to ``seam_stars`` of them, an even stride
+    through ``stars.zarr``, or None) when there are any, else on the run's flow draws: per
+    face the star density's step, its excess over a seamless reference (as many true draws
+    where the truth is known, else the particles) and the comparison with the particles. Also
+    returns the stars for the figures."""
     stars = _read_stars(job, job.validation.figure_stars, ("x", "y", "z", "vx", "vy", "vz"))
     faces = internal_faces(plan)
     if not faces:
         note = ("no internal faces (a single region)" if len(plan.regions) == 1
                 else "no internal faces (sphere plan)")
         return {"faces": [], "note": note}, stars
-    many = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
     if many is not None:
         pos = np.column_stack([many["x"], many["y"], many["z"]])
         source = f"stars.zarr ({len(pos)} stars, an even stride through the catalog)"
@@ -376,11 +377,11 @@ def _seams(
             "width_kpc": width}, stars
 
 
-def _radial_profile(job: JobConfig, data: GalaxyParticles) -> dict[str, Any]:
-    """Each galactocentric shell's share of the stars (up to ``seam_stars``, an even stride
-    through stars.zarr) against the particles' share of the mass
-    (:mod:`galmock.validate.profile`)."""
-    stars = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
+def _radial_profile(
+    data: GalaxyParticles, stars: dict[str, np.ndarray] | None
+) -> dict[str, Any]:
+    """Each galactocentric shell's share of ``stars`` (an even stride through stars.zarr, or
+    None) against the particles' share of the mass (:mod:`galmock.validate.profile`)."""
     if stars is None:
         return {"shells": [], "note": "no stars.zarr"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
