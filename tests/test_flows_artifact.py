@@ -168,7 +168,7 @@ def test_weights_that_disagree_with_the_manifest_are_refused(copy) -> None:
         load_artifact(copy)
 
 
-@pytest.mark.parametrize("fmt", ["galmock.flows/2", None])
+@pytest.mark.parametrize("fmt", ["galmock.flows/1", "galmock.flows/3", None])
 def test_other_format_versions_are_refused(copy, fmt) -> None:
     edit_manifest(copy, lambda m: m.update(format=fmt))
     with pytest.raises(InputError, match=r"manifest\.json: unsupported model format"):

@@ -5,7 +5,8 @@ Layout of a region model (written atomically, so a crash never leaves half an ar
 
     region-0003/
       manifest.json          format, kind, architecture, preprocessing, region, training record,
-                             and per member: weights file, its sha256, tensor names and shapes
+                             and per member: weights file, its sha256, tensor names and
+                             shapes, and its radial calibration's knots (if any)
       member-00.safetensors  "position.<name>" and "velocity.<name>" tensors of member 0
       ...
 
@@ -65,9 +66,10 @@ from galmock.flows.ensemble import FlowEnsemble
 from galmock.flows.families import family_names, flow_from_architecture
 from galmock.flows.phase_space import PhaseSpaceFlow
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
+from galmock.flows.radial import RadialCalibration
 from galmock.version import __version__
 
-ARTIFACT_FORMAT = "galmock.flows/1"
+ARTIFACT_FORMAT = "galmock.flows/2"  # /2: members may carry a radial calibration
 MANIFEST = "manifest.json"
 REGION = "region"  # a region model's artifact type (its manifest has no "artifact" key)
 PARTS = ("position", "velocity")
@@ -350,7 +352,9 @@ def save_artifact(ensemble: FlowEnsemble, path: str | Path) -> Path:
     weights = [
         WeightsFile(f"member-{k:02d}.safetensors",
                     module_tensors({"position": m.position, "velocity": m.velocity}),
-                    member_records[k] if k < len(member_records) else {})
+                    {**(member_records[k] if k < len(member_records) else {}),
+                     # Each member's flow has its own radial calibration (flows.radial).
+                     **({} if m.radial is None else {"radial_calibration": m.radial.to_dict()})})
         for k, m in enumerate(ensemble.members)  # type: ignore[union-attr]
     ]
     return write_artifact(path, manifest, weights)
@@ -400,8 +404,17 @@ def load_artifact(location: str | Path, device: str | torch.device = "cpu") -> F
             p: build_module(flow_from_architecture, architecture[p], where) for p in PARTS
         }
         load_weights(root, record, flows, where)
+        radial = None
+        if record.get("radial_calibration") is not None:
+            try:
+                radial = RadialCalibration.from_dict(record["radial_calibration"])
+            except InputError as err:
+                raise InputError(f"{where}: {record.get('file')}: {err}") from None
+            if radial.centre != position_pre.centre:
+                raise InputError(f"{where}: {record.get('file')}: the radial calibration's "
+                                 "centre differs from the preprocessing's")
         members.append(
             PhaseSpaceFlow(flows["position"].eval(), flows["velocity"].eval(), position_pre,
-                           velocity_pre, v_max)
+                           velocity_pre, v_max, radial=radial)
         )
     return FlowEnsemble(members, metadata=manifest).to(device)

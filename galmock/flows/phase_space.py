@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from galmock.errors import InputError
 from galmock.flows.base import DensityFlow
 from galmock.flows.preprocess import PositionPreprocessing, VelocityPreprocessing
+from galmock.flows.radial import RadialCalibration
 
 # Stop rejection sampling if fewer than this fraction of proposals survive: the model is broken
 # (or v_max absurd) and looping on would never finish.
@@ -50,7 +51,10 @@ MIN_ACCEPTANCE = 1e-3
 class PhaseSpaceFlow(nn.Module):
     """Position flow p(r) and conditional velocity flow p(v | r) with their preprocessing.
 
-    ``chunk_rows`` and ``compile`` only steer the sampler's speed, not its results.
+    ``chunk_rows`` and ``compile`` only steer the sampler's speed, not its results. ``radial``
+    (:mod:`galmock.flows.radial`) moves the position flow's draws along their radius after the
+    preprocessing's inverse; the velocity flow is conditioned on the flow's own coordinates, so
+    it was trained on ``position_pre.forward(radial.inverse(r))`` of each particle.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class PhaseSpaceFlow(nn.Module):
         v_max: float,
         chunk_rows: int = 16384,
         compile: bool = False,
+        radial: RadialCalibration | None = None,
     ) -> None:
         super().__init__()
         if position.features != 3 or position.context != 0:
@@ -77,6 +82,7 @@ class PhaseSpaceFlow(nn.Module):
         self.v_max = float(v_max)
         self.chunk_rows = int(chunk_rows)
         self.compile = bool(compile)
+        self.radial = radial
 
     @property
     def kind(self) -> str:
@@ -113,7 +119,11 @@ class PhaseSpaceFlow(nn.Module):
         return out
 
     def _log_prob_chunk(self, pos: Tensor, vel: Tensor) -> Tensor:
+        logdet_c = 0.0
+        if self.radial is not None:
+            pos, logdet_c = self.radial.inverse_and_log_abs_det(pos)
         y, logdet_r = self.position_pre.forward_and_log_abs_det(pos)
+        logdet_r = logdet_r + logdet_c
         inside = torch.isfinite(logdet_r) & torch.isfinite(y).all(dim=1)
         # Rows outside the ball would put NaN through the networks; evaluate them at 0 instead.
         y = torch.where(inside[:, None], y, torch.zeros_like(y)).to(self.dtype)
@@ -128,7 +138,10 @@ class PhaseSpaceFlow(nn.Module):
         opts = {"chunk_rows": self.chunk_rows, "compile": self.compile}
         y = self.position.generate(z[:n], **opts)
         yv = self.velocity.generate(z[n:], y, **opts)
-        return self.position_pre.inverse(y), self.velocity_pre.inverse(yv)
+        pos = self.position_pre.inverse(y)
+        if self.radial is not None:
+            pos = self.radial.forward(pos)
+        return pos, self.velocity_pre.inverse(yv)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None

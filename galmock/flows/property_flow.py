@@ -25,7 +25,7 @@ Example:
     >>> size = PropertyFlowOptions(transforms=1, hidden_features=8, hidden_layers=1,
     ...                            spline_bins=4)
     >>> recipe = TrainingRecipe(method="likelihood", radial_c=1.000001, log_radial_scale_kpc=1.0,
-    ...                         log_radial_power=1.0,
+    ...                         log_radial_power=1.0, radial_calibration=True,
     ...                         validation_fraction=0.2, batches_per_epoch=2, batch_rows=64,
     ...                         learning_rate=3e-3, finetune_learning_rate=3e-4,
     ...                         patience_epochs=1, max_epochs=2, ensemble_size=1)
