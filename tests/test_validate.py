@@ -114,6 +114,20 @@ def test_radial_profile_flags_a_compressed_halo() -> None:
     assert rows[30]["ratio"] > 1.3 and rows[30]["z"] > 10
 
 
+def test_radial_profile_merges_shells_of_a_few_particles() -> None:
+    """One particle at 147 kpc beyond a halo cut at 100 kpc, and a few times its share of stars
+    smoothed around it: on its own shell z read 4.2 (seed 43 demo); merged into the shell inside
+    it (>= 25 particles) the comparison stays normal and passes."""
+    rng = np.random.default_rng(4)
+    particle_r = np.append(10 ** rng.uniform(0.0, 2.0, 20_000), 147.0)
+    star_r = np.append(10 ** rng.uniform(0.0, 2.0, 2_000_000), rng.uniform(100, 147, 500))
+    rows = radial_profile(particle_r, np.ones(len(particle_r)), star_r)
+    assert min(row["particles"] for row in rows) >= 25
+    assert rows[-1]["r_lo_kpc"] == 70 and rows[-1]["particles"] > 25
+    assert max(abs(row["z"]) for row in rows) < 4
+    assert sum(row["particles"] for row in rows) == len(particle_r)
+
+
 @pytest.mark.slow
 def test_report_files(validated: tuple[Path, subprocess.CompletedProcess]) -> None:
     run, _ = validated
