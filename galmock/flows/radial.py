@@ -197,10 +197,12 @@ class RadialCalibration:
     # -- the map on R^3 -----------------------------------------------------------------------
 
     def _split(self, pos: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """``(pos − centre, radius, centre)`` in float64 on ``pos``'s device."""
         pos = torch.as_tensor(pos).to(torch.float64)
-        offset = pos - torch.tensor(self.centre, dtype=torch.float64, device=pos.device)
+        centre = torch.tensor(self.centre, dtype=torch.float64, device=pos.device)
+        offset = pos - centre
         r = torch.linalg.vector_norm(offset, dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
-        return offset, r, torch.tensor(self.centre, dtype=torch.float64, device=pos.device)
+        return offset, r, centre
 
     def forward(self, pos: Tensor | np.ndarray) -> Tensor:
         """Model positions (n, 3) → calibrated positions, float64."""
