@@ -346,6 +346,25 @@ class ConvertConfig(Section):
     selections: list[str]
 
 
+class DustConfig(Section):
+    """``observables.dust``: the 3-D dust model the extinction is integrated through."""
+
+    model: Literal["exponential-disk", "none"]
+    a0_per_kpc: NonNegativeFloat
+    scale_length_kpc: PositiveFloat
+    scale_height_kpc: PositiveFloat
+
+
+class ObservablesConfig(Section):
+    """``observables``: Gaia photometry, extinction and errors in the catalogs
+    (:mod:`galmock.observables`)."""
+
+    enabled: bool
+    isochrones: Literal["mist"]
+    release: Literal["dr3", "dr4", "dr5"]
+    dust: DustConfig
+
+
 class ValidateConfig(Section):
     upsamplers: Annotated[list[str], Field(min_length=1)]
     within_kpc: PositiveFloat | None
@@ -518,6 +537,7 @@ class JobConfig(Section):
     flows: FlowsConfig
     upsample: UpsampleConfig
     convert: ConvertConfig
+    observables: ObservablesConfig
     validation: Annotated[ValidateConfig, Field(alias="validate")]
     slurm: SlurmConfig
     suite: SuiteConfig
@@ -525,6 +545,16 @@ class JobConfig(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _observables_need_imf_stars(self) -> JobConfig:
+        if self.observables.enabled and self.upsample.mode != "imf":
+            raise ValueError(
+                "observables.enabled needs upsample.mode: imf (in fixed mode a \"star\" is a "
+                "fraction of a particle's mass, not a star with photometry); set "
+                "observables.enabled: false"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -45,6 +45,7 @@ JOB = {
               "threads": 1, "device": "cpu", "checkpoint_every_epochs": 1},
     "upsample": {"mode": "fixed", "stars_per_particle": 10, "chunk_rows": 4096,
                  "batch_rows": 1000, "checkpoint_seconds": 0.05},
+    "observables": {"enabled": False},  # fixed-mode stars have no photometry
     "convert": {"n_workers": 1, "threads_per_worker": 1, "hats": False},
 }  # fmt: skip
 

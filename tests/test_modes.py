@@ -61,6 +61,7 @@ def test_a_run_directory_is_readable_by_the_group(tmp_path, umask022, monkeypatc
                   "training": {"max_epochs": 1, "batches_per_epoch": 2, "ensemble_size": 1},
                   "threads": 1, "device": "cpu"},
         "upsample": {"mode": "fixed", "stars_per_particle": 1},
+        "observables": {"enabled": False},  # fixed-mode stars have no photometry
     }))  # fmt: skip
     job = load_job(job_path, output=tmp_path / "run")
     threads = torch.get_num_threads()

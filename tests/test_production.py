@@ -495,6 +495,7 @@ def test_stitching_is_seamless_with_exact_region_models(tmp_path, monkeypatch) -
         "flows": {"threads": 1},
         "upsample": {"mode": "fixed", "stars_per_particle": 40, "chunk_rows": 50_000,
                      "batch_rows": 100_000},
+        "observables": {"enabled": False},  # fixed-mode stars have no photometry
     }), output=tmp_path / "run")  # fmt: skip
     try:
         run_pipeline(job, "ingest", "plan")
@@ -545,6 +546,7 @@ def test_cnf_trains_and_upsamples_end_to_end(tmp_path) -> None:
                                "ensemble_size": 1},
                   "threads": 1, "device": "cpu"},
         "upsample": {"mode": "fixed", "stars_per_particle": 3, "chunk_rows": 4096},
+        "observables": {"enabled": False},  # fixed-mode stars have no photometry
     }), output=tmp_path / "run")  # fmt: skip
     try:
         run_pipeline(job, "ingest", "upsample")
