@@ -362,6 +362,7 @@ class ObservablesConfig(Section):
     enabled: bool
     isochrones: Literal["mist"]
     release: Literal["dr3", "dr4", "dr5"]
+    magnitude_limit: float | None
     dust: DustConfig
 
 
@@ -383,6 +384,7 @@ class ValidateConfig(Section):
     figures: bool
     figure_stars: PositiveInt
     seam_width_kpc: PositiveFloat
+    observable_stars: PositiveInt
     seam_stars: PositiveInt
 
 

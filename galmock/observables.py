@@ -208,7 +208,7 @@ def true_photometry(model: Observatory, pos: ArrayLike, mass: ArrayLike, age: Ar
         out["g"][ok] = absolute.g + mu + ext.g
         out["bp"][ok] = absolute.bp + mu + ext.bp
         out["rp"][ok] = absolute.rp + mu + ext.rp
-        clipped = absolute.clipped + ext.clipped
+        clipped = ext.clipped  # clipped to the grid (as in absolute_magnitudes) or A0 > 10
     teff_all = np.where(ok, sp.teff, np.nan)
     return TruePhotometry(
         teff=teff_all, logg=np.where(ok, sp.logg, np.nan),

@@ -64,6 +64,17 @@ def test_bad_value_names_value(tmp_path: Path) -> None:
     assert "plan.margin_kpc = -1 (line 3)" in msg and "greater than or equal to 0" in msg
 
 
+def test_bad_observables_name_key_value_and_line(tmp_path: Path) -> None:
+    msg = error_of(write(tmp_path, "observables:\n  release: dr2\n  dust:\n"
+                                   "    a0_per_kpc: -0.5\n    scale_height_kpc: 0\n"))
+    assert "observables.release = 'dr2' (line 2)" in msg
+    assert "observables.dust.a0_per_kpc = -0.5 (line 4)" in msg
+    assert "greater than or equal to 0" in msg
+    assert "observables.dust.scale_height_kpc = 0 (line 5)" in msg
+    msg = error_of(write(tmp_path, "upsample:\n  mode: fixed\n"))
+    assert "observables.enabled needs upsample.mode: imf" in msg
+
+
 def test_every_problem_is_reported(tmp_path: Path) -> None:
     msg = error_of(write(tmp_path, "seed: -1\nflows:\n  cnf:\n    rk4_steps: 0\nbogus: 1\n"))
     assert msg.count("\n  ") == 3

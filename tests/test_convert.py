@@ -32,6 +32,7 @@ from galmock.observables import OBSERVABLE_COLUMNS, PHASE_BELOW_GRID, PHASE_REMN
 from galmock.parallel.dask import WORKER_MALLOC, local_cluster, slurm_cluster
 from galmock.selection import cone_mask, load_catalog_spec
 from galmock.stages.convert import run as convert
+from galmock.stages.validate import _observable_figures, _read_observables
 from galmock.store import CATALOG_FORMAT, STAR_COLUMNS, open_catalog, write_star_catalog
 
 pytestmark = pytest.mark.slow
@@ -203,6 +204,25 @@ def test_observables_are_gaia_like(reference):
     np.testing.assert_allclose(cat["bp_rp"], cat["phot_bp_mean_mag"] - cat["phot_rp_mean_mag"],
                                atol=1e-5)
     np.testing.assert_array_equal(cat["mass_initial"], cat["mass"])
+
+
+def test_report_figures_of_the_visible_catalog(reference, tmp_path):
+    """validate's observables section: the visible stars (true G <= 20.7) of catalog.zarr, and
+    the Hess diagram, counts per G, errors against G and sky map drawn from them."""
+    job = make_job(reference)
+    summary, visible = _read_observables(job)
+    g = open_catalog(reference / "catalog.zarr").read(columns=["phot_g_mean_mag_true"])
+    g = g["phot_g_mean_mag_true"]
+    assert summary["stars_read"] == N_STARS and summary["stride"] == 1
+    assert summary["visible"] == int((g <= 20.7).sum()) == len(visible["l"]) > 1000
+    assert summary["with_photometry"] == int(np.isfinite(g).sum())
+    entries = _observable_figures(job, tmp_path, visible)
+    assert [e["file"] for e in entries] == ["hess.png", "counts-g.png", "errors-g.png", "sky.png"]
+    for entry in entries:
+        assert (tmp_path / entry["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    off = validate_job({**job.model_dump(mode="json", by_alias=True),
+                        "observables": {**job.observables.model_dump(), "enabled": False}})
+    assert _read_observables(off) == ({"note": "observables.enabled is false"}, None)
 
 
 def test_hats_opens_in_lsdb_and_cone_search_matches_zarr(reference):

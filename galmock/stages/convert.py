@@ -438,9 +438,10 @@ def _write_zarr(
     mark_complete(target)
     log.info("convert: %d stars in %d chunks -> catalog.zarr", len(stars), len(starts))
     if any(clipped.values()):
-        log.warning("convert: %d star(s) had ages or [Fe/H] beyond the MIST grid and %d "
-                    "Teff, log g, [Fe/H] or A0 beyond the photometry grid: clipped to it (see "
-                    "galmock/isochrones.py and galmock/photometry.py)",
+        log.info("convert: clipped to the grids (galmock/isochrones.py, galmock/photometry.py): "
+                 "%d star(s) with ages or [Fe/H] beyond MIST's, %d with Teff below 3500 K "
+                 "(M dwarfs: their luminosity is kept, their colours are 3500 K's), log g, "
+                 "[Fe/H] or A0 beyond the photometry grid's",
                     clipped["clipped_isochrone"], clipped["clipped_photometry"])
     # Runs in star_id order: a partition merges its slices by (_healpix_29, star_id).
     return counts.tolist(), HatsInput(sorted(sorted_runs, key=lambda r: r.path), histograms)

@@ -42,21 +42,24 @@ from typing import Any
 
 import dask
 import numpy as np
+from hats.pixel_math.healpix_shim import radec2pix
 
 from galmock.atomic import atomic_directory
 from galmock.config import JobConfig
 from galmock.errors import ConfigError, InputError
 from galmock.frames import galactocentric_frame, galactocentric_to_icrs
+from galmock.gaia_errors import gaia_uncertainties
 from galmock.layout import RunLayout
 from galmock.locks import exclusive
 from galmock.models import model_location
+from galmock.observables import distance_modulus
 from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import GalaxyParticles, RegionParticles
 from galmock.seeds import derive_seed
 from galmock.selection import load_catalog_spec, selection_mask
-from galmock.stages.upsample import require_current_stars
-from galmock.store import open_catalog
+from galmock.stages.upsample import current_fingerprint, require_current_stars
+from galmock.store import CATALOG_FORMAT, open_catalog
 from galmock.validate import figures
 from galmock.validate.classifier import (
     ClassifierSettings,
@@ -94,6 +97,9 @@ log = logging.getLogger("galmock.validate")
 
 # Draws per upsampler converted to ICRS for the figures (the histograms need no more).
 FIGURE_DRAWS = 100_000
+# The Hess diagram's solar neighbourhood (kpc) and the sky map's HEALPix order (12288 pixels).
+HESS_DISTANCE_KPC = 2.0
+SKY_ORDER = 5
 
 
 def _seed(job: JobConfig, *keys: object) -> int:
@@ -238,9 +244,12 @@ def _validate(job: JobConfig) -> dict[str, Any]:
         report["seams"], stars = _seams(job, plan, draws, data, truth, many)
         report["radial_profile"] = _radial_profile(data, many)
         report["figures"] = []
+        report["observables"], observed = _read_observables(job)
         if cfg.figures:
             report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
                                          clf, z_test, report)
+            if observed is not None:
+                report["figures"] += _observable_figures(job, staging, observed)
         report["wall_time_s"] = round(time.perf_counter() - started, 1)
         write_report_files(staging, report)
     print(summary_table(report))
@@ -472,6 +481,89 @@ def _figures(
                                       profile["source"])
         add("radial.png", "Radial profile: stars vs particle mass per galactocentric shell")
     log.info("validate: %d figure(s) in %.1f s", len(out), time.perf_counter() - t0)
+    return out
+
+
+# Columns of catalog.zarr the observables' figures read.
+_OBSERVED = ("phot_g_mean_mag", "phot_g_mean_mag_true", "bp_rp", "distance", "l", "b",
+             "parallax_error", "pmra_error", "phot_g_mean_mag_error")
+
+
+def _read_observables(job: JobConfig) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """The visible stars (true G within ``observables.magnitude_limit``) of an even stride of
+    at most ``validate.observable_stars`` rows of ``<run>/catalog.zarr``, and their summary;
+    None when there is no current catalog with observables."""
+    path = RunLayout(job.run_dir).catalog_zarr
+    if not job.observables.enabled:
+        return {"note": "observables.enabled is false"}, None
+    if not path.exists():
+        return {"note": "no catalog.zarr (run `galmock convert`)"}, None
+    cat = open_catalog(path, format=CATALOG_FORMAT)
+    if any(c not in cat.columns for c in _OBSERVED):
+        return {"note": f"{path.name} lacks the observables (convert.columns or an older "
+                        "catalog): rerun `galmock convert`"}, None
+    source = cat.attrs.get("source", {}).get("attrs", {}).get("fingerprint")
+    if source is not None and source != current_fingerprint(job):
+        return {"note": f"{path.name} was converted from another stars.zarr: rerun "
+                        "`galmock convert`"}, None
+    step = max(1, math.ceil(len(cat) / job.validation.observable_stars))
+    lazy = cat.to_dask(list(_OBSERVED))
+    try:
+        (cols,) = dask.compute({c: a[::step] for c, a in lazy.items()})
+    except (ValueError, RuntimeError) as err:  # a chunk failing its CRC32C or its decoding
+        raise InputError(f"{path}: a chunk is damaged: {err}; rerun `galmock convert`") from None
+    cols = {c: np.asarray(v, dtype=np.float64) for c, v in cols.items()}
+    limit = job.observables.magnitude_limit
+    g = cols["phot_g_mean_mag_true"]
+    visible = np.isfinite(g) & (g <= limit if limit is not None else True)
+    summary = {
+        "magnitude_limit_g": limit,
+        "stars_read": len(g),
+        "stride": step,
+        "with_photometry": int(np.isfinite(g).sum()),
+        "visible": int(visible.sum()),
+        "visible_fraction": float(visible.mean()) if len(g) else None,
+        "sampling_fraction": job.upsample.sampling_fraction,
+    }
+    return summary, {c: v[visible] for c, v in cols.items()}
+
+
+def _observable_figures(job: JobConfig, staging: Path, stars: dict[str, np.ndarray]
+                        ) -> list[dict[str, str]]:
+    """Hess diagram of the solar neighbourhood, counts per G, errors against G (with pygaia's
+    curves), and the visible stars' HEALPix sky map."""
+    limit = job.observables.magnitude_limit
+    cut = f"G <= {limit:g}" if limit is not None else "every star with photometry"
+    sample = (f"{len(stars['l']):,} stars ({cut}; sampling_fraction "
+              f"{job.upsample.sampling_fraction:g}, catalog stride)")
+    out = []
+    near = stars["distance"] < HESS_DISTANCE_KPC
+    abs_g = stars["phot_g_mean_mag"][near] - distance_modulus(stars["distance"][near])
+    figures.hess_diagram(staging / "hess.png", stars["bp_rp"][near], abs_g,
+                         f"Hess diagram within {HESS_DISTANCE_KPC:g} kpc of the Sun: "
+                         f"{int(near.sum()):,} stars ({cut}, observed)")
+    out.append({"file": "hess.png", "title": "Hess diagram of the solar neighbourhood "
+                f"(within {HESS_DISTANCE_KPC:g} kpc)"})
+    figures.counts_per_g(staging / "counts-g.png", stars["phot_g_mean_mag"], limit,
+                         f"observed G of {sample}")
+    out.append({"file": "counts-g.png", "title": "Star counts per G bin"})
+    grid = np.linspace(4.0, 21.0, 69)
+    reference = gaia_uncertainties(grid, grid, grid, np.full_like(grid, 5000.0),
+                                   np.full_like(grid, 4.5), release=job.observables.release)
+    names = ("parallax_error", "pmra_error", "phot_g_mean_mag_error")
+    figures.errors_vs_g(staging / "errors-g.png", stars["phot_g_mean_mag_true"],
+                        {n: stars[n] for n in names},
+                        {n: (grid, getattr(reference, n)) for n in names},
+                        f"uncertainties vs true G ({job.observables.release}): {sample}")
+    out.append({"file": "errors-g.png", "title": "Gaia uncertainties against G, pygaia's "
+                "curves overlaid"})
+    npix = 12 * 4**SKY_ORDER
+    counts = np.bincount(radec2pix(SKY_ORDER, stars["l"], stars["b"]), minlength=npix)
+    figures.sky_density(staging / "sky.png", counts,
+                        lambda l_deg, b_deg: radec2pix(SKY_ORDER, l_deg, b_deg),
+                        f"stars per HEALPix pixel (order {SKY_ORDER}, Galactic): {sample}")
+    out.append({"file": "sky.png", "title": "Sky density of the visible catalog (HEALPix, "
+                "Galactic Mollweide)"})
     return out
 
 

@@ -220,3 +220,80 @@ def radial_profile_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], s
     top.set_title(f"radial profile\n{source}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def hess_diagram(path: str | Path, bp_rp: np.ndarray, abs_g: np.ndarray, title: str) -> Path:
+    """Hess diagram: star counts (log colour scale) in (BP − RP, G − 5 log10(d / 10 pc))."""
+    fig, ax = plt.subplots(figsize=(5.0, 5.5))
+    ok = np.isfinite(bp_rp) & np.isfinite(abs_g)
+    h = ax.hist2d(bp_rp[ok], abs_g[ok], bins=(120, 140), range=((-0.6, 4.0), (-5.0, 16.0)),
+                  cmin=1, norm=matplotlib.colors.LogNorm(), cmap="viridis")
+    fig.colorbar(h[3], ax=ax, label="stars per bin")
+    ax.invert_yaxis()
+    ax.set_xlabel("BP - RP [mag]")
+    ax.set_ylabel("G - 5 log10(d / 10 pc) [mag] (extincted)")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def counts_per_g(path: str | Path, g: np.ndarray, limit: float | None, title: str) -> Path:
+    """Stars per 0.25 mag bin of G (log scale), the magnitude limit marked."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    g = g[np.isfinite(g)]
+    top = np.ceil(max(limit if limit is not None else 0.0, float(g.max()) if len(g) else 0.0))
+    ax.hist(g, bins=np.arange(np.floor(min(float(g.min()), 4.0) if len(g) else 4.0), top + 0.25,
+                              0.25), histtype="step", color="C0")
+    if limit is not None:
+        ax.axvline(limit, color="k", lw=0.8, ls="--", label=f"G = {limit:g}")
+        ax.legend(fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("G [mag]")
+    ax.set_ylabel("stars per 0.25 mag")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def errors_vs_g(path: str | Path, g: np.ndarray, errors: Mapping[str, np.ndarray],
+                reference: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> Path:
+    """Each uncertainty against G: the catalog's stars (dots) over the reference curve
+    (pygaia's model evaluated on a G grid, line), one panel per column."""
+    names = list(errors)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ok = np.isfinite(g) & np.isfinite(errors[name])
+        ax.plot(g[ok], errors[name][ok], "o", ms=1.5, color="C0", alpha=0.3, rasterized=True,
+                label="catalog")
+        grid, curve = reference[name]
+        ax.plot(grid, curve, "--", color="C3", lw=1.0, label="pygaia")
+        ax.set_yscale("log")
+        ax.set_xlabel("G [mag]")
+        ax.set_title(name, fontsize=8)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sky_density(path: str | Path, counts: np.ndarray, pixel_of: Any, title: str) -> Path:
+    """A HEALPix map of star counts per pixel (``counts``, nested, in Galactic coordinates) in
+    Mollweide: every image point takes the value of the pixel ``pixel_of(l_deg, b_deg)`` it
+    falls in, so the pixels are drawn as they are."""
+    lon = np.linspace(-np.pi, np.pi, 721)
+    lat = np.linspace(-np.pi / 2, np.pi / 2, 361)
+    lon_c, lat_c = np.meshgrid(0.5 * (lon[1:] + lon[:-1]), 0.5 * (lat[1:] + lat[:-1]))
+    # Galactic longitude increases to the left in sky maps.
+    pix = pixel_of(np.degrees(-lon_c) % 360.0, np.degrees(lat_c))
+    image = np.ma.masked_less_equal(counts[pix].astype(np.float64), 0)
+    fig = plt.figure(figsize=(7.0, 4.0))
+    ax = fig.add_subplot(projection="mollweide")
+    mesh = ax.pcolormesh(lon, lat, image, norm=matplotlib.colors.LogNorm(), cmap="magma",
+                         shading="flat", rasterized=True)
+    fig.colorbar(mesh, ax=ax, orientation="horizontal", fraction=0.05, pad=0.08,
+                 label="stars per pixel")
+    ax.set_xticks(np.radians([-120, -60, 0, 60, 120]), ["120", "60", "0", "300", "240"],
+                  fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)

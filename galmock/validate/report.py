@@ -160,6 +160,16 @@ def render_html(report: Mapping[str, Any]) -> str:
              for f in seams["faces"]],
         ))  # fmt: skip
         parts.append(f"<p class='def'>{DEFINITIONS['seams']}</p>")
+    observed = report.get("observables", {})
+    parts.append("<h2>Gaia observables</h2>")
+    if "visible" not in observed:
+        parts.append(f"<p>{html.escape(observed.get('note', 'not computed'))}</p>")
+    else:
+        limit = observed["magnitude_limit_g"]
+        parts.append(_table(
+            ["G limit", "stars read", "stride", "with photometry", "visible", "visible fraction"],
+            [["none" if limit is None else limit, observed["stars_read"], observed["stride"],
+              observed["with_photometry"], observed["visible"], observed["visible_fraction"]]]))
     figures = report.get("figures", [])
     if figures:
         parts.append("<h2>Figures</h2>")
