@@ -109,6 +109,26 @@ class BrokenPowerLawIMF:
             below += c * _power_integral(lo, hi, s)
         return out
 
+    def quantile(self, q: np.ndarray | float) -> np.ndarray:
+        """The mass below which a fraction ``q`` of the stars lie (the inverse of :meth:`cdf`).
+
+        Example:
+            >>> imf = kroupa2001()
+            >>> m = imf.quantile(np.array([0.0, 0.3, 0.9, 1.0]))
+            >>> m.round(4).tolist(), np.allclose(imf.cdf(m), [0.0, 0.3, 0.9, 1.0])
+            ([0.08, 0.147, 0.9772, 100.0], True)
+        """
+        q = np.clip(np.asarray(q, dtype=np.float64), 0.0, 1.0)
+        out = np.full(q.shape, self.m_max)
+        below = 0.0
+        for c, s, lo, hi in self._segments():
+            weight = c * _power_integral(lo, hi, s)
+            inside = (q >= below) & (q < below + weight)
+            u = np.clip((q - below) / weight, 0.0, 1.0)
+            out = np.where(inside, _invert_power(u, lo, hi, s), out)
+            below += weight
+        return out
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` masses by exact inverse-CDF sampling (float64, Msun)."""
         weights = self.segment_weights()

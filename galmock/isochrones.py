@@ -60,8 +60,8 @@ import h5py
 import numpy as np
 from lachesis_grids import grid_path
 
-__all__ = ["MIST_FILE", "PARAMETERS", "REMNANT_PHASE", "IsochroneGrid", "StellarParameters",
-           "load_mist", "stellar_parameters"]
+__all__ = ["MIST_FILE", "PARAMETERS", "REMNANT_PHASE", "IsochroneGrid", "IsochroneTracks",
+           "StellarParameters", "isochrone_tracks", "load_mist", "stellar_parameters"]
 
 #: The MIST grid of lachesis-grids.
 MIST_FILE = "mist_v2.5_vvcrit0.4.h5"
@@ -227,6 +227,79 @@ def stellar_parameters(
         remnant=remnant | (phase >= REMNANT_PHASE),
         below_grid=below & ~remnant,
         clipped=int(np.count_nonzero(clip_f | clip_a)),
+    )
+
+
+@dataclass(frozen=True)
+class IsochroneTracks:
+    """Whole interpolated isochrones, one row per population and one column per EEP, from the
+    first EEP any population has (``first_eep``): ``valid`` marks the EEPs a population's
+    isochrone holds; elsewhere every value is NaN. Initial mass mostly increases along a row but
+    may turn over in places (pre-main sequence, AGB, float32 ties); a star of mass m lies
+    between the EEPs k and k + 1 with m_k <= m < m_{k+1} that the bisection finds."""
+
+    mass_initial: np.ndarray  # (P, E)
+    log_teff: np.ndarray
+    logg: np.ndarray
+    log_r: np.ndarray
+    phase: np.ndarray
+    valid: np.ndarray
+    first_eep: int  # the EEP of column 0
+
+
+def isochrone_tracks(grid: IsochroneGrid, age_gyr: np.ndarray, feh: np.ndarray) -> IsochroneTracks:
+    r"""The isochrone of each population (``age_gyr``, ``feh``) at every integer EEP: exactly
+    what :func:`stellar_parameters` interpolates between for a star of that population (the same
+    corners and weights; a star's parameters are linear in EEP between two of these columns).
+
+    Arguments:
+        grid: the isochrone grid (:func:`load_mist`).
+        age_gyr: ages of the P populations (Gyr), clipped to the grid as for stars.
+        feh: their [Fe/H], clipped likewise.
+
+    Example:
+        >>> tracks = isochrone_tracks(load_mist(), np.array([4.57, 12.0]), np.array([0.0, -1.0]))
+        >>> sun = stellar_parameters(load_mist(), [1.0], [4.57], [0.0])
+        >>> k = int(sun.eep[0]) - tracks.first_eep  # the Sun's bracket
+        >>> row = tracks.mass_initial[0]
+        >>> bool(row[k] <= 1.0 < row[k + 1])
+        True
+        >>> lo, hi = sorted(tracks.log_teff[0, k : k + 2])
+        >>> bool(lo <= sun.log_teff[0] <= hi)  # linear in EEP in between
+        True
+    """
+    age = np.asarray(age_gyr, np.float64).reshape(-1)
+    metal = np.asarray(feh, np.float64).reshape(-1)
+    with np.errstate(divide="ignore"):
+        log_age = np.log10(np.maximum(age, 0.0) * 1e9)
+    metals, _ = _lagrange(grid.feh, metal)
+    ages, _ = _lagrange(grid.log_age, log_age)
+    corners = [(ii, jj, wi * wj) for ii, wi in metals for jj, wj in ages]
+    starts = [grid.eep_start[a, b] for a, b, _ in corners]
+    ends = [grid.eep_start[a, b] + grid.n_rows[a, b] - 1 for a, b, _ in corners]
+    big = np.iinfo(np.int64).max
+    lo = np.min([np.where(w > 0, e, big) for (_, _, w), e in zip(corners, starts)], axis=0)
+    hi = np.max([np.where(w > 0, e, -1) for (_, _, w), e in zip(corners, ends)], axis=0)
+    first = int(lo.min()) if len(lo) else 0
+    eep = np.arange(first, int(hi.max()) + 1 if len(hi) else first)[None, :]  # (1, E)
+    valid = (eep >= lo[:, None]) & (eep <= hi[:, None])
+    rows = [(grid.row_start[a, b][:, None] + np.clip(eep, s[:, None], e[:, None]) - s[:, None])
+            for (a, b, _), s, e in zip(corners, starts, ends)]
+    weights = [w[:, None] for _, _, w in corners]
+
+    def combine(values: np.ndarray) -> np.ndarray:
+        return np.where(valid, sum(w * values[r] for w, r in zip(weights, rows)), np.nan)
+
+    heaviest = np.argmax(np.stack([w for _, _, w in corners]), axis=0)
+    nearest = np.take_along_axis(np.stack(rows), heaviest[None, :, None], axis=0)[0]
+    return IsochroneTracks(
+        mass_initial=combine(grid.initial_mass),
+        log_teff=combine(grid.columns["log_Teff"]),
+        logg=combine(grid.columns["log_g"]),
+        log_r=combine(grid.columns["log_R"]),
+        phase=np.where(valid, grid.phase[nearest], np.nan),
+        valid=valid,
+        first_eep=first,
     )
 
 
