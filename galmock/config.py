@@ -556,6 +556,13 @@ class JobConfig(Section):
                 "fraction of a particle's mass, not a star with photometry); set "
                 "observables.enabled: false"
             )
+        limited = self.observables.enabled and self.observables.magnitude_limit is not None
+        if limited and self.upsample.properties != "parent":
+            raise ValueError(
+                "observables.magnitude_limit needs upsample.properties: parent (the visible "
+                "masses are tabulated per parent particle's age and [Fe/H]); set "
+                "observables.magnitude_limit: null to draw every star"
+            )
         return self
 
     @property
@@ -673,7 +680,8 @@ def _describe(
         if loc[:n] in lines:
             where = f" (line {lines[loc[:n]]})"
             break
-    value = "" if error["type"] == "missing" else f" = {error.get('input')!r}"
+    # A check across sections (loc ()) names its keys in the message: the input is the whole job.
+    value = "" if error["type"] == "missing" or not loc else f" = {error.get('input')!r}"
     return f"{key}{value}{where}: {message}"
 
 

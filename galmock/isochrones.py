@@ -95,6 +95,7 @@ class IsochroneGrid:
     initial_mass: np.ndarray
     phase: np.ndarray
     columns: dict[str, np.ndarray]
+    track_columns: np.ndarray  # (rows, 4): initial mass, log Teff, log g, log R (isochrone_tracks)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,10 @@ def load_mist(path: str | Path | None = None) -> IsochroneGrid:
         eep_start=eep_start.reshape(shape),
         n_rows=n_rows.reshape(shape),
         row_start=row_start.reshape(shape),
-        initial_mass=col.pop("initial_mass"),
+        initial_mass=col["initial_mass"],
         phase=col.pop("phase"),
+        track_columns=np.column_stack([col.pop("initial_mass"), col["log_Teff"], col["log_g"],
+                                       col["log_R"]]),
         columns=col,
     )
 
@@ -285,22 +288,25 @@ def isochrone_tracks(grid: IsochroneGrid, age_gyr: np.ndarray, feh: np.ndarray) 
     valid = (eep >= lo[:, None]) & (eep <= hi[:, None])
     rows = [(grid.row_start[a, b][:, None] + np.clip(eep, s[:, None], e[:, None]) - s[:, None])
             for (a, b, _), s, e in zip(corners, starts, ends)]
-    weights = [w[:, None] for _, _, w in corners]
-
-    def combine(values: np.ndarray) -> np.ndarray:
-        return np.where(valid, sum(w * values[r] for w, r in zip(weights, rows)), np.nan)
-
+    # One gather of the four columns per corner (rows of 4 adjacent values), in the order
+    # stellar_parameters sums the corners, so the values agree with its to the last bit.
+    table = grid.track_columns
+    total = np.zeros((*valid.shape, table.shape[1]))
+    for (_, _, w), r in zip(corners, rows):
+        total += w[:, None, None] * table[r]
+    total[~valid] = np.nan
     heaviest = np.argmax(np.stack([w for _, _, w in corners]), axis=0)
     nearest = np.take_along_axis(np.stack(rows), heaviest[None, :, None], axis=0)[0]
     return IsochroneTracks(
-        mass_initial=combine(grid.initial_mass),
-        log_teff=combine(grid.columns["log_Teff"]),
-        logg=combine(grid.columns["log_g"]),
-        log_r=combine(grid.columns["log_R"]),
+        mass_initial=total[..., 0],
+        log_teff=total[..., 1],
+        logg=total[..., 2],
+        log_r=total[..., 3],
         phase=np.where(valid, grid.phase[nearest], np.nan),
         valid=valid,
         first_eep=first,
     )
+
 
 
 def _lagrange(

@@ -64,11 +64,14 @@ from galmock.errors import InputError
 __all__ = [
     "BLOCKS_FORMAT",
     "CATALOG_FORMAT",
+    "OPEN_BLOCKS_FORMAT",
     "STARS_FORMAT",
     "STAR_COLUMNS",
     "BlockCatalog",
     "BlockWriter",
     "ColumnSpec",
+    "OpenBlockCatalog",
+    "OpenBlockWriter",
     "RowLayout",
     "StarCatalog",
     "columns_sha256",
@@ -764,12 +767,12 @@ def _write_columns(
             future.result()
 
 
-def _read_layout_file(staging: Path) -> dict[str, Any] | None:
+def _read_layout_file(staging: Path, format: str = BLOCKS_FORMAT) -> dict[str, Any] | None:
     try:
-        data = json.loads((staging / _LAYOUT).read_text())
+        data = json.loads((Path(staging) / _LAYOUT).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == BLOCKS_FORMAT else None
+    return data if isinstance(data, dict) and data.get("format") == format else None
 
 
 class BlockWriter:
@@ -939,4 +942,309 @@ class BlockWriter:
             "rows": self.rows,
             "sha256": _combine(self._hashers),
         }
+        return self.record
+
+
+OPEN_BLOCKS_FORMAT = "galmock.open-blocks/1"
+
+
+class OpenBlockCatalog:
+    r"""A :class:`BlockCatalog` whose blocks' lengths are known only once they are written:
+    magnitude-limited upsampling keeps a random share of each region's draws.
+
+    A block's rows go to its own pieces of ``chunk_rows`` rows (the last shorter) in the staging
+    directory; once every block is done, :meth:`allocate` creates the catalog with the total,
+    any process :meth:`assemble`\ s its chunks from the pieces (every chunk, where a
+    :class:`BlockCatalog` assembles only the few its blocks share), and :meth:`finalize` renames
+    it into place. Checkpoints, resumption, records and the final swap work as there::
+
+        layout.json                         what is being built: fingerprint, blocks, columns...
+        blocks/block-NNNNNN/piece-NNNNNN/   a piece: one ``.npy`` per column
+        done/block-NNNNNN.json              a finished block: rows, pieces, sha256
+        progress/block-NNNNNN/              an unfinished block's last checkpoint
+        <target name>/                      the catalog, once allocated
+
+    Example:
+        >>> cat = OpenBlockCatalog.prepare(tmp_path / "stars.zarr", 2, STAR_COLUMNS, "fp",
+        ...                                chunk_rows=4)
+        >>> for block, n in ((0, 5), (1, 2)):  # lengths found while writing
+        ...     with cat.writer(block) as w:
+        ...         w.append({c: np.full(n, block, s.dtype) for c, s in STAR_COLUMNS.items()})
+        ...     cat.record(w.record)
+        >>> OpenBlockCatalog.progress(cat.staging)  # blocks done, blocks, rows, rows in all
+        (2, 2, 7, None)
+        >>> for k in range(cat.allocate()):  # 7 rows: chunks 0:4 and 4:7
+        ...     cat.assemble(k)
+        >>> cat.finalize().name
+        'stars.zarr'
+        >>> open_catalog(tmp_path / "stars.zarr").read(columns=["region"])["region"].tolist()
+        [0, 0, 0, 0, 0, 1, 1]
+    """
+
+    def __init__(self, target: Path, meta: Mapping[str, Any]) -> None:
+        self.target = Path(target)
+        self.meta = dict(meta)
+        self.blocks = int(meta["blocks"])
+        self.chunk_rows = int(meta["chunk_rows"])
+        self.columns = list(meta["columns"])
+        self.dtypes = {c: np.dtype(d) for c, d in zip(self.columns, meta["dtypes"])}
+        self.fingerprint = str(meta["fingerprint"])
+
+    staging_dir = staticmethod(BlockCatalog.staging_dir)
+
+    @property
+    def staging(self) -> Path:
+        return self.staging_dir(self.target)
+
+    @property
+    def store(self) -> Path:
+        return self.staging / self.target.name
+
+    @classmethod
+    def prepare(
+        cls,
+        target: str | Path,
+        blocks: int,
+        columns: Mapping[str, ColumnSpec],
+        fingerprint: str,
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        compressor: str = "blosc-lz4",
+        array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> OpenBlockCatalog:
+        """Resume the staging area if it was built for ``fingerprint``, else start it afresh
+        (one process only); leftovers of killed writers are removed."""
+        target = Path(target)
+        staging = cls.staging_dir(target)
+        remove_leftovers(target)
+        wanted = {
+            "format": OPEN_BLOCKS_FORMAT,
+            "fingerprint": fingerprint,
+            "blocks": int(blocks),
+            "chunk_rows": int(chunk_rows),
+            "columns": list(columns),
+            "dtypes": [columns[c].dtype.str for c in columns],
+            "units": [columns[c].unit for c in columns],
+            "descriptions": [columns[c].description for c in columns],
+            "compressor": compressor,
+            "attrs": {**dict(attrs or {}), "fingerprint": fingerprint},
+            "array_attrs": {k: dict(v) for k, v in (array_attrs or {}).items()},
+        }
+        found = _read_layout_file(staging, OPEN_BLOCKS_FORMAT)
+        if found == json.loads(json.dumps(wanted)):
+            for tmp in (staging / "blocks").glob("*/.*"):
+                shutil.rmtree(tmp, ignore_errors=True)  # half-written pieces
+            shutil.rmtree(staging / target.name, ignore_errors=True)  # reallocated at the end
+            return cls(target, found)
+        shutil.rmtree(staging, ignore_errors=True)
+        for sub in ("blocks", "done", "progress"):
+            (staging / sub).mkdir(parents=True)
+        atomic_write_text(staging / _LAYOUT, json.dumps(wanted, indent=1) + "\n")
+        return cls(target, json.loads(json.dumps(wanted)))
+
+    @classmethod
+    def open(cls, target: str | Path) -> OpenBlockCatalog:
+        """The staging area :meth:`prepare` made (any process)."""
+        found = _read_layout_file(cls.staging_dir(target), OPEN_BLOCKS_FORMAT)
+        if found is None:
+            raise InputError(f"{cls.staging_dir(target)}: no open block catalog is being "
+                             "written here")
+        return cls(Path(target), found)
+
+    @staticmethod
+    def progress(staging: str | Path) -> tuple[int, int, int, None] | None:
+        """(blocks done, blocks, rows written, None: the total is not known before the end)."""
+        staging = Path(staging)
+        layout = _read_layout_file(staging, OPEN_BLOCKS_FORMAT)
+        if layout is None:
+            return None
+        rows = done = 0
+        for path in (staging / "done").glob("block-*.json"):
+            try:
+                rows += int(json.loads(path.read_text())["rows"])
+                done += 1
+            except (OSError, ValueError, KeyError):
+                continue
+        return done, int(layout["blocks"]), rows, None
+
+    def done(self) -> dict[int, dict[str, Any]]:
+        """Records of the finished blocks, by block index."""
+        out = {}
+        for path in sorted((self.staging / "done").glob("block-*.json")):
+            record = json.loads(path.read_text())
+            out[int(record["block"])] = record
+        return out
+
+    def writer(self, block: int) -> OpenBlockWriter:
+        return OpenBlockWriter(self, block)
+
+    def record(self, record: Mapping[str, Any]) -> None:
+        """Mark a block finished (after its writer closed); atomic."""
+        block = int(record["block"])
+        atomic_write_text(self.staging / "done" / f"block-{block:06d}.json",
+                          json.dumps(dict(record)) + "\n")
+        shutil.rmtree(self.progress_path(block), ignore_errors=True)
+
+    def progress_path(self, block: int) -> Path:
+        return self.staging / "progress" / f"block-{block:06d}"
+
+    def piece_path(self, block: int, piece: int) -> Path:
+        return self.staging / "blocks" / f"block-{block:06d}" / f"piece-{piece:06d}"
+
+    def _offsets(self) -> np.ndarray:
+        done = self.done()
+        missing = [i for i in range(self.blocks) if i not in done]
+        if missing:
+            raise InputError(f"{self.staging}: block(s) {missing[:10]} are not written yet")
+        rows = [int(done[i]["rows"]) for i in range(self.blocks)]
+        return np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+
+    def allocate(self) -> int:
+        """Create the (empty) catalog for the rows every block wrote; returns its number of
+        chunks. One process, after every block is recorded."""
+        n_rows = int(self._offsets()[-1])
+        specs = {c: ColumnSpec(self.dtypes[c], u, d) for c, u, d in
+                 zip(self.columns, self.meta["units"], self.meta["descriptions"])}
+        shutil.rmtree(self.store, ignore_errors=True)
+        create_catalog(self.store, specs, n_rows, self.chunk_rows, self.meta["attrs"],
+                       compressor=self.meta["compressor"])
+        for name, extra in self.meta["array_attrs"].items():
+            zarr.open_array(self.store / name, mode="r+").attrs.update(dict(extra))
+        return -(-n_rows // self.chunk_rows)
+
+    def assemble(self, k: int) -> None:
+        """Write chunk ``k`` of the allocated catalog from the blocks' pieces."""
+        offsets = self._offsets()
+        c0, c1 = k * self.chunk_rows, min((k + 1) * self.chunk_rows, int(offsets[-1]))
+        parts = []
+        for block in range(self.blocks):
+            a, b = max(c0, int(offsets[block])), min(c1, int(offsets[block + 1]))
+            local = a - int(offsets[block])
+            while a < b:
+                piece, within = divmod(local, self.chunk_rows)
+                take = min(b - a, self.chunk_rows - within)
+                path = self.piece_path(block, piece)
+                try:
+                    part = {c: np.load(path / f"{c}.npy", mmap_mode="r")[within:within + take]
+                            for c in self.columns}
+                except (OSError, ValueError) as err:
+                    raise InputError(f"{path}: piece missing or unreadable: {err}") from None
+                if any(len(v) != take for v in part.values()):
+                    raise InputError(f"{path}: piece is shorter than its block's record says")
+                parts.append(part)
+                a, local = a + take, local + take
+        cols = {c: np.concatenate([p[c] for p in parts]) for c in self.columns}
+        arrays = {c: open_for_writing(self.store / c) for c in self.columns}
+        _write_columns(arrays, c0, c1, cols)
+
+    def finalize(self, attrs: Mapping[str, Any] | None = None) -> Path:
+        """Mark the assembled catalog complete (block records in attribute ``blocks``) and move
+        it to ``target``; one process, after every chunk is assembled."""
+        done = self.done()
+        offsets = self._offsets()
+        records = [{**done[i], "start": int(offsets[i])} for i in sorted(done)]
+        mark_complete(self.store, {**dict(attrs or {}), "blocks": records})
+        replace_path(self.store, self.target)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.target
+
+
+class OpenBlockWriter:
+    """Streams one block of an :class:`OpenBlockCatalog` into pieces of ``chunk_rows`` rows;
+    the interface of :class:`BlockWriter` (append, checkpoint, resume, close, record)."""
+
+    def __init__(self, catalog: OpenBlockCatalog, block: int) -> None:
+        self.catalog, self.block = catalog, block
+        self._hashers = {c: hashlib.sha256() for c in catalog.columns}
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self.rows = 0
+        self.pieces = 0
+        self.record: dict[str, Any] | None = None
+
+    def __enter__(self) -> OpenBlockWriter:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is None:
+            self.close()
+
+    def append(self, columns: Mapping[str, np.ndarray]) -> None:
+        """Append rows (every catalog column, equal lengths; cast to the catalog dtypes)."""
+        if set(columns) != set(self.catalog.columns):
+            raise ValueError(f"block {self.block}: columns {sorted(columns)} differ from the "
+                             f"catalog's {sorted(self.catalog.columns)}")
+        cols = {c: np.asarray(columns[c]).astype(self.catalog.dtypes[c], copy=False)
+                for c in self.catalog.columns}
+        n = len(next(iter(cols.values())))
+        if any(len(v) != n for v in cols.values()):
+            raise ValueError(f"block {self.block}: columns differ in length")
+        self._buffer.append(cols)
+        self._buffered += n
+        self.rows += n
+        while self._buffered >= self.catalog.chunk_rows:
+            self._write_piece(self.catalog.chunk_rows)
+
+    def _tail(self) -> dict[str, np.ndarray]:
+        if not self._buffer:
+            return {c: np.empty(0, d) for c, d in self.catalog.dtypes.items()}
+        return {c: np.concatenate([part[c] for part in self._buffer])
+                for c in self.catalog.columns}
+
+    def _write_piece(self, n: int) -> None:
+        cols = self._tail()
+        head = {c: v[:n] for c, v in cols.items()}
+        rest = {c: v[n:] for c, v in cols.items()}
+        self._buffer = [rest] if len(next(iter(rest.values()))) else []
+        self._buffered -= n
+        with atomic_directory(self.catalog.piece_path(self.block, self.pieces)) as tmp:
+            for c, values in head.items():
+                np.save(tmp / f"{c}.npy", values)
+                self._hashers[c].update(_le_view(values))
+        self.pieces += 1
+
+    def checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Save how far the block got (pieces, buffered tail, the caller's ``state``); atomic."""
+        progress = {"block": self.block, "rows": self.rows, "pieces": self.pieces,
+                    "tail_rows": self._buffered, "state": dict(state)}
+        with atomic_directory(self.catalog.progress_path(self.block)) as tmp:
+            for c, values in self._tail().items():
+                np.save(tmp / f"{c}.npy", values)
+            (tmp / "progress.json").write_text(json.dumps(progress) + "\n")
+
+    def resume(self) -> dict[str, Any] | None:
+        """Continue from the last :meth:`checkpoint` (pieces read back and hashed again);
+        the caller's state, or None without a usable one (the block then starts over)."""
+        path = self.catalog.progress_path(self.block)
+        try:
+            progress = json.loads((path / "progress.json").read_text())
+            tail = {c: np.load(path / f"{c}.npy") for c in self.catalog.columns}
+            stored = [{c: np.load(self.catalog.piece_path(self.block, k) / f"{c}.npy")
+                       for c in self.catalog.columns} for k in range(int(progress["pieces"]))]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            if path.exists():
+                log.warning("block %d: checkpoint %s unusable (%s); starting the block over",
+                            self.block, path, err)
+            return None
+        n_tail = len(tail[self.catalog.columns[0]])
+        rows = sum(len(p[self.catalog.columns[0]]) for p in stored) + n_tail
+        if n_tail != progress["tail_rows"] or rows != progress["rows"]:
+            log.warning("block %d: checkpoint %s inconsistent; starting the block over",
+                        self.block, path)
+            return None
+        for piece in stored:
+            for c in self.catalog.columns:
+                self._hashers[c].update(_le_view(piece[c]))
+        self.pieces = len(stored)
+        self._buffer = [tail] if n_tail else []
+        self._buffered, self.rows = n_tail, rows
+        return dict(progress["state"])
+
+    def close(self) -> dict[str, Any]:
+        """Write the last (short) piece; returns (and keeps) the block's record."""
+        if self._buffered:
+            self._write_piece(self._buffered)
+        self.record = {"block": self.block, "start": None, "rows": self.rows,
+                       "pieces": self.pieces, "sha256": _combine(self._hashers)}
         return self.record

@@ -17,7 +17,7 @@ So for every threshold level L the masses of the intervals with min(M_G) − mar
 every star with M_G ≤ L, and their hull [m_lo(L), m_hi(L)] is kept, as IMF quantiles rounded
 outwards, on levels from :data:`LEVEL_MIN` to :data:`LEVEL_MAX` in :data:`LEVEL_STEP` (a
 threshold takes the next level up, again a superset; above the last level every mass with
-photometry). Cost: ~0.4 ms per population, 3.4 kB each.
+photometry). Cost: ~0.8 ms per population on one core, 3.7 kB each.
 
 **Two-stage thinning** (:func:`thin_to_visible`): a draw at distance modulus μ is kept with
 the table's *envelope* (the largest visible fraction of any population) at L0 = G_lim − μ,
@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,7 +134,8 @@ def _outwards(q: np.ndarray, down: bool) -> np.ndarray:
 
 
 def visibility_table(isochrones: IsochroneGrid, photometry: PhotometryGrid,
-                     imf: BrokenPowerLawIMF, age: np.ndarray, feh: np.ndarray) -> VisibilityTable:
+                     imf: BrokenPowerLawIMF, age: np.ndarray, feh: np.ndarray,
+                     threads: int = 1) -> VisibilityTable:
     r"""The visible-mass table of populations with ``age`` (Gyr) and ``feh`` (see the module
     docstring).
 
@@ -143,13 +145,16 @@ def visibility_table(isochrones: IsochroneGrid, photometry: PhotometryGrid,
         imf: the IMF the masses are drawn from (its quantiles are stored).
         age: the populations' ages (Gyr), as the catalog stores them (float32 values).
         feh: their [Fe/H], likewise.
+        threads: blocks of populations built at once (numpy releases the GIL in the heavy
+            parts: 1.7x faster with 2).
     """
     age = np.asarray(age, dtype=np.float64).reshape(-1)
     feh = np.asarray(feh, dtype=np.float64).reshape(-1)
     levels = np.append(np.arange(LEVEL_MIN, LEVEL_MAX + LEVEL_STEP / 2, LEVEL_STEP), np.inf)
     q_lo = np.zeros((len(age), len(levels)), dtype=np.float32)
     q_hi = np.zeros_like(q_lo)
-    for start in range(0, len(age), _BLOCK):
+
+    def block(start: int) -> None:
         stop = min(start + _BLOCK, len(age))
         lo, hi = _hulls(isochrones, photometry, age[start:stop], feh[start:stop], levels)
         empty = ~np.isfinite(lo)
@@ -157,6 +162,9 @@ def visibility_table(isochrones: IsochroneGrid, photometry: PhotometryGrid,
         cdf_hi = np.where(empty, 0.0, imf.cdf(np.where(empty, imf.m_min, hi)))
         q_lo[start:stop] = _outwards(cdf_lo, down=True)
         q_hi[start:stop] = np.where(empty, np.float32(0), _outwards(cdf_hi, down=False))
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        list(pool.map(block, range(0, len(age), _BLOCK)))
     envelope = (q_hi.astype(np.float64) - q_lo.astype(np.float64)).max(axis=0, initial=0.0)
     return VisibilityTable(levels=levels, q_lo=q_lo, q_hi=q_hi, envelope=envelope)
 

@@ -83,6 +83,7 @@ def test_stellar_mass_per_region_matches_particle_mass_outliers_included(tmp_pat
                                "ensemble_size": 1},
                   "threads": 1, "device": "cpu"},
         "upsample": {"mode": "imf", "sampling_fraction": 5e-6, "chunk_rows": 1 << 16},
+        "observables": {"magnitude_limit": None},  # every star: the mass accounting
     }))  # fmt: skip
     job = load_job(job_path, output=tmp_path / "run")
     try:

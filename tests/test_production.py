@@ -27,6 +27,7 @@ from scipy.stats import ks_2samp
 from galmock.config import load_job
 from galmock.demo import DemoGalaxy
 from galmock.imf import kroupa2001
+from galmock.observables import build_observatory, true_photometry
 from galmock.plan import read_plan
 from galmock.stages import run_pipeline, run_stage
 from galmock.store import BlockCatalog, columns_sha256, open_catalog
@@ -118,7 +119,9 @@ def test_demo_end_to_end_with_two_ranks(demo) -> None:
     attrs = cat.attrs
     records = attrs["blocks"]
     assert [r["region"] for r in records] == list(range(len(plan.regions)))
-    assert sum(r["rows"] for r in records) == len(cat) > 300_000
+    # Magnitude-limited (the default G <= 20.7): a few percent of the ~400,000 owned draws.
+    assert sum(r["rows"] for r in records) == len(cat) > 2000
+    assert sum(r["owned_draws"] for r in records) > 300_000 and attrs["magnitude_limit"] == 20.7
     assert not BlockCatalog.staging_dir(run / "stars.zarr").exists()
     data = cat.read()
     for rec in records:  # the manifest's checksums describe the rows as stored
@@ -132,6 +135,21 @@ def test_demo_end_to_end_with_two_ranks(demo) -> None:
     assert set(np.unique(data["parent_id"]).tolist()) <= ids
     assert np.isfinite(data["age"]).all() and np.isfinite(data["feh"]).all()
     assert cat.spec("x").unit == "kpc" and cat.array("vx").attrs["frame"].startswith("galacto")
+    # Every star is visible: its photometry (as convert computes it) within the limit.
+    job = load_job(demo["job"], output=run)
+    true = true_photometry(build_observatory(job.observables, job.observer), pos, data["mass"],
+                           data["age"], data["feh"])
+    assert (true.g <= 20.7).all()
+
+
+@pytest.fixture(scope="module")
+def unlimited(demo, tmp_path_factory) -> Path:
+    """The shared run's models upsampled again with every star (no magnitude limit), 2 ranks:
+    the phase-space checks need the galaxy's density, not the visible stars'."""
+    run = clone(demo["run"], tmp_path_factory.mktemp("unlimited") / "run")
+    result = galmock(2, "upsample", demo["job"], run, "observables.magnitude_limit=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
 
 
 def open_zarr_column(path: Path, name: str) -> np.ndarray:
@@ -140,8 +158,8 @@ def open_zarr_column(path: Path, name: str) -> np.ndarray:
     return zarr.open_group(path, mode="r")[name][:]
 
 
-def test_stellar_mass_per_region_matches_owned_mass_within_poisson_error(demo) -> None:
-    run = demo["run"]
+def test_stellar_mass_per_region_matches_owned_mass_within_poisson_error(unlimited) -> None:
+    run = unlimited
     plan = read_plan(run / "plan.json")
     data = open_catalog(run / "stars.zarr").read(columns=["mass", "region"])
     f = JOB["upsample"]["sampling_fraction"]
@@ -328,7 +346,7 @@ def test_verify_checks_every_product_and_names_the_damaged_one(demo, tmp_path) -
     assert "models: ok (4 region model(s), trained on the current particles)" in result.stdout
     assert "4 region block(s) match their sha256" in result.stdout
     assert "catalog.zarr: not made yet" in result.stdout
-    chunk = run / "stars.zarr" / "mass" / "c" / "1"
+    chunk = run / "stars.zarr" / "mass" / "c" / "0"  # the visible stars fill one chunk
     damaged = bytearray(chunk.read_bytes())
     damaged[len(damaged) // 3] ^= 0x01  # one flipped bit
     chunk.write_bytes(bytes(damaged))
@@ -421,7 +439,7 @@ def demo_density(fractions, offset):
     return rho
 
 
-def test_no_seam_between_trained_regions(demo) -> None:
+def test_no_seam_between_trained_regions(unlimited) -> None:
     """Trained flows: across every face inside the patch, the star density changes by less than
     STEP (|log ratio| against the exact demo density) and each velocity component's KS distance
     between 0.3 kpc slabs either side is below KS_MAX.
@@ -431,7 +449,7 @@ def test_no_seam_between_trained_regions(demo) -> None:
     neighbour) moves the step by log 2 or more. Stitching itself is tested exactly below.
     """
     step_max, ks_max, width = 0.35, 0.12, 0.3
-    run = demo["run"]
+    run = unlimited
     plan = read_plan(run / "plan.json")
     d = open_catalog(run / "stars.zarr").read()
     pos = np.column_stack([d["x"], d["y"], d["z"]])

@@ -9,9 +9,11 @@ import pytest
 import zarr
 
 import galmock
+from galmock.errors import InputError
 from galmock.store import (
     STAR_COLUMNS,
     BlockCatalog,
+    OpenBlockCatalog,
     RowLayout,
     columns_sha256,
     is_current,
@@ -188,3 +190,81 @@ def test_a_block_resumes_from_its_checkpoint_to_the_same_rows_and_checksum(tmp_p
     cat.record(second.record)
     assert not cat.progress_path(1).exists()  # superseded by the record
     assert cat.writer(0).resume() is None  # no checkpoint: the block starts over
+
+
+def test_open_blocks_of_lengths_found_while_writing_give_a_dense_catalog(tmp_path) -> None:
+    """Magnitude-limited regions keep a random share of their draws: blocks of unknown length
+    (0, 3, 17, 8 rows), written in any order, assembled into every chunk; a missing piece is an
+    error naming it."""
+    counts = (0, 3, 17, 8)
+    data = rows(sum(counts), 5)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    target = tmp_path / "stars.zarr"
+    cat = OpenBlockCatalog.prepare(target, len(counts), STAR_COLUMNS, "fp", {"job": "t"},
+                                   chunk_rows=8, array_attrs={"x": {"frame": "test"}})
+    for block in (2, 0, 3, 1):
+        with cat.writer(block) as w:
+            a = offsets[block]
+            for size in (2, 9, 100):  # batches across piece boundaries
+                b = min(a + size, offsets[block + 1])
+                w.append({c: v[a:b] for c, v in data.items()})
+                a = b
+        cat.record(w.record)
+        assert w.record["rows"] == counts[block]
+    assert OpenBlockCatalog.progress(cat.staging) == (4, 4, 28, None)
+    other = OpenBlockCatalog.open(target)  # another rank
+    assert other.allocate() == 4
+    broken = other.piece_path(2, 1)
+    hidden = broken.with_name("hidden")
+    broken.rename(hidden)
+    with pytest.raises(InputError, match="piece-000001: piece missing"):
+        for k in range(4):
+            other.assemble(k)
+    hidden.rename(broken)
+    for k in range(4):
+        other.assemble(k)
+    assert not target.exists()
+    other.finalize()
+    out = open_catalog(target)
+    assert len(out) == 28 and out.array("x").attrs["frame"] == "test"
+    for c, v in out.read().items():
+        np.testing.assert_array_equal(v, data[c])
+    for rec in out.attrs["blocks"]:
+        a, b = offsets[rec["block"]], offsets[rec["block"] + 1]
+        assert rec["sha256"] == columns_sha256({c: v[a:b] for c, v in data.items()})
+    assert is_current(target, "fp") and [p.name for p in tmp_path.iterdir()] == ["stars.zarr"]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 4])
+def test_an_open_block_resumes_from_its_checkpoint(tmp_path, cut) -> None:
+    """Checkpointed after ``cut`` of 5 batches, more rows appended and lost: the resumed writer
+    ends with the rows and checksum of an uninterrupted one; a fingerprint change starts
+    afresh, the same one keeps finished blocks."""
+    data = rows(30, 7)
+    sizes = [4, 9, 3, 8, 6]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    def batch(i: int) -> dict[str, np.ndarray]:
+        return {c: v[starts[i] : starts[i + 1]] for c, v in data.items()}
+
+    whole = OpenBlockCatalog.prepare(tmp_path / "a.zarr", 1, STAR_COLUMNS, "fp", chunk_rows=8)
+    with whole.writer(0) as w:
+        for i in range(5):
+            w.append(batch(i))
+    cat = OpenBlockCatalog.prepare(tmp_path / "b.zarr", 1, STAR_COLUMNS, "fp", chunk_rows=8)
+    first = cat.writer(0)
+    for i in range(cut):
+        first.append(batch(i))
+    first.checkpoint({"batch": cut})
+    first.append(rows(9, 1))  # after the checkpoint, then killed
+    again = OpenBlockCatalog.prepare(tmp_path / "b.zarr", 1, STAR_COLUMNS, "fp", chunk_rows=8)
+    second = again.writer(0)
+    assert second.resume() == {"batch": cut} and second.rows == starts[cut]
+    for i in range(cut, 5):
+        second.append(batch(i))
+    assert second.close() == w.record
+    again.record(second.record)
+    assert sorted(OpenBlockCatalog.prepare(tmp_path / "b.zarr", 1, STAR_COLUMNS, "fp",
+                                           chunk_rows=8).done()) == [0]
+    assert OpenBlockCatalog.prepare(tmp_path / "b.zarr", 1, STAR_COLUMNS, "new",
+                                    chunk_rows=8).done() == {}

@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,10 @@ from galmock.errors import GalmockError, InputError
 from galmock.flows.artifact import load_artifact
 from galmock.flows.base import resolve_chunk_rows, resolve_compile
 from galmock.flows.property_flow import PropertyFlow, load_property_flow
+from galmock.imf import BrokenPowerLawIMF
 from galmock.layout import RunLayout
 from galmock.models import model_identity, model_location, require_current
+from galmock.observables import Observatory, build_observatory
 from galmock.parallel.mpi import (
     Rank,
     abort_on_error,
@@ -68,6 +71,7 @@ from galmock.plan import RegionPlan, read_plan
 from galmock.regions import RegionParticles
 from galmock.sampling import (
     ParentMatcher,
+    Particles,
     build_imf,
     expected_stars,
     owned_acceptance_prior,
@@ -83,12 +87,14 @@ from galmock.seeds import region_seed
 from galmock.store import (
     STAR_COLUMNS,
     BlockCatalog,
+    OpenBlockCatalog,
     RowLayout,
     StarCatalog,
     is_current,
     zarr_attrs,
 )
 from galmock.version import __version__
+from galmock.visibility import VisibilityTable, extinction_floor, thin_to_visible, visibility_table
 
 log = logging.getLogger("galmock.upsample")
 
@@ -116,24 +122,33 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
     lam = expected_stars(plan.regions, cfg)
     locations = [model_location(job, plan, r.id) for r in plan.regions]
     target = layout.stars
+    limited = magnitude_limited(job)
 
     def prepare() -> dict[str, Any]:
         fingerprint = _fingerprint(job, plan, counts, locations)
         if is_current(target, fingerprint):
-            return {"current": True}
-        catalog = BlockCatalog.prepare(
-            target, RowLayout(tuple(counts.tolist()), cfg.chunk_rows), STAR_COLUMNS, fingerprint,
-            _provenance(job, plan), compressor=cfg.compressor, array_attrs=_FRAME_ATTRS,
-        )  # fmt: skip
+            return {"current": True, "rows": int(zarr_attrs(target)["n_rows"])}
+        catalog: BlockCatalog | OpenBlockCatalog
+        if limited:  # how many stars each region keeps is known only once it is sampled
+            catalog = OpenBlockCatalog.prepare(
+                target, len(counts), STAR_COLUMNS, fingerprint, _provenance(job, plan),
+                chunk_rows=cfg.chunk_rows, compressor=cfg.compressor, array_attrs=_FRAME_ATTRS,
+            )  # fmt: skip
+        else:
+            catalog = BlockCatalog.prepare(
+                target, RowLayout(tuple(counts.tolist()), cfg.chunk_rows), STAR_COLUMNS,
+                fingerprint, _provenance(job, plan), compressor=cfg.compressor,
+                array_attrs=_FRAME_ATTRS,
+            )  # fmt: skip
         return {"current": False, "done": sorted(catalog.done())}
 
     state = on_root(rank, prepare)
     if state["current"]:
         log.info("upsample: %s is complete and up to date; nothing to do", target)
         if rank.rank == 0:
-            print(f"{int(counts.sum()):,} stars in {target} (up to date)")
+            print(f"{state['rows']:,} stars in {target} (up to date)")
         return
-    catalog = BlockCatalog.open(target)
+    catalog = (OpenBlockCatalog if limited else BlockCatalog).open(target)
     done = set(state["done"])
     pending = sorted((r for r in range(len(counts)) if r not in done),
                      key=lambda r: (-int(counts[r]), r))
@@ -145,21 +160,32 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
     run_tasks(pending, sampler.run, rank.comm, describe=lambda r: f"region {r}")
     if preempt.anywhere(rank.comm):
         preempt.exit_preempted("upsample", f"{sampler.regions} region(s) finished by {rank}")
-    run_tasks(catalog.layout.edge_chunks(), catalog.assemble, rank.comm,
-              describe=lambda k: f"edge chunk {k}")
+    if isinstance(catalog, OpenBlockCatalog):
+        chunks = list(range(on_root(rank, catalog.allocate)))  # every chunk, from the pieces
+    else:
+        chunks = catalog.layout.edge_chunks()  # the chunks two regions share
+    run_tasks(chunks, catalog.assemble, rank.comm, describe=lambda k: f"chunk {k}")
     elapsed = time.perf_counter() - started
     log.info("%s: %d region(s), %d stars in %.1f s (%.0f stars/s), cpu %.1f s, peak memory "
              "%.0f MiB", rank, sampler.regions, sampler.stars, elapsed,
              sampler.stars / max(elapsed, 1e-9), time.process_time() - cpu, peak_memory_mib())
 
     def finish() -> int:
+        rows = sum(int(r["rows"]) for r in catalog.done().values())
         catalog.finalize()
-        return int(counts.sum())
+        return rows
 
     total = on_root(rank, finish)
     if rank.rank == 0:
         log.info("upsample: %d stars in %d region(s) -> %s", total, len(counts), target)
-        print(f"{total:,} stars in {len(counts)} region(s) -> {target}")
+        seen = (f" with G <= {job.observables.magnitude_limit:g} of {int(counts.sum()):,} drawn"
+                if limited else "")
+        print(f"{total:,} stars{seen} in {len(counts)} region(s) -> {target}")
+
+
+def magnitude_limited(job: JobConfig) -> bool:
+    """Whether ``upsample`` keeps only the stars within ``observables.magnitude_limit``."""
+    return job.observables.enabled and job.observables.magnitude_limit is not None
 
 
 # Settings that change how the stage runs, never the catalog.
@@ -178,6 +204,9 @@ def _provenance(job: JobConfig, plan: RegionPlan) -> dict[str, Any]:
         "flows_load": job.flows.load,
         "plan_regions": len(plan.regions),
         "frame": _FRAME,
+        # Set: only stars with true G within it were kept (validate then checks the phase-space
+        # fidelity on draws of the models, not on these stars).
+        "magnitude_limit": job.observables.magnitude_limit if magnitude_limited(job) else None,
     }
 
 
@@ -218,6 +247,13 @@ def _fingerprint(
         "counts": counts.tolist(),
         "models": [model_identity(loc) for loc in locations],
     }
+    if magnitude_limited(job):
+        # What decides which stars are seen: the limit, the isochrones, the dust, the observer.
+        payload["visibility"] = {
+            "observables": job.observables.model_dump(mode="json", exclude={"release"}),
+            "observer": list(job.observer.sun_position_kpc),
+            "format": "galmock.visibility/1",
+        }
     if job.upsample.properties == "flow":
         # Retraining only the property flows must invalidate the catalog too.
         layout = RunLayout(job.run_dir)
@@ -236,7 +272,7 @@ class _RegionSampler:
         job: JobConfig,
         plan: RegionPlan,
         rank: Rank,
-        catalog: BlockCatalog,
+        catalog: BlockCatalog | OpenBlockCatalog,
         counts: np.ndarray,
         lam: np.ndarray,
         locations: list[str],
@@ -244,6 +280,7 @@ class _RegionSampler:
         self.job, self.plan, self.rank, self.catalog = job, plan, rank, catalog
         self.counts, self.lam, self.locations = counts, lam, locations
         self.data: RegionParticles | None = None
+        self.observatory: Observatory | None = None  # loaded once per rank (~1.5 s)
         self.regions = self.stars = 0
 
     def run(self, rid: int) -> None:
@@ -278,6 +315,7 @@ class _RegionSampler:
                             compile=resolve_compile(job.flows.compile, rank.device))
             imf = build_imf(cfg) if cfg.mode == "imf" else None
             properties = _property_flow(job, rid, rank.device)
+            visible = self._visibility(rid, particles, imf) if magnitude_limited(job) else None
 
             def propose(m: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
                 t = time.perf_counter()
@@ -293,7 +331,7 @@ class _RegionSampler:
                 tally = dict(resumed["sampler"])
                 stellar_mass, batches = float(resumed["stellar_mass"]), int(resumed["batches"])
                 log.info("%s: region %d: resuming at batch %d, %d of %d stars already sampled",
-                         rank, rid, tally["batch"], writer.rows, n)
+                         rank, rid, tally["batch"], tally["got"], n)
             last = saved = time.perf_counter()
             owns = owned_volume(self.plan, rid, support_radius(particles.pos))
             for batch, pos, vel in owned_batches(
@@ -302,9 +340,15 @@ class _RegionSampler:
                 start=tally if resumed is not None else None,
             ):  # fmt: skip
                 t = time.perf_counter()
-                parent = matcher.query(pos, vel)
-                rng = np.random.default_rng(region_seed(job.seed, "upsample-mass", rid, batch))
-                mass = star_masses(cfg, len(pos), particles.mass[parent], rng, imf)
+                if visible is not None:  # observables.magnitude_limit: the visible ones only
+                    rows, parent, mass = visible.thin(pos, vel, matcher, region_seed(
+                        job.seed, "upsample-visible", rid, batch))
+                    pos, vel = pos[rows], vel[rows]
+                else:
+                    parent = matcher.query(pos, vel)
+                    rng = np.random.default_rng(
+                        region_seed(job.seed, "upsample-mass", rid, batch))
+                    mass = star_masses(cfg, len(pos), particles.mass[parent], rng, imf)
                 cols = star_columns(pos, vel, parent, particles, mass, rid)
                 if properties is not None:  # upsample.properties: flow
                     gen = torch.Generator().manual_seed(
@@ -317,26 +361,27 @@ class _RegionSampler:
                 writer.append(cols)
                 spent["write"] += time.perf_counter() - t
                 batches += 1
-                stop = preempt.requested() and writer.rows < n  # a finished region is recorded
-                if writer.rows < n and (stop or time.perf_counter() - saved
-                                        > cfg.checkpoint_seconds):
+                unfinished = tally["got"] < n  # draws owned so far (a finished region is recorded)
+                stop = preempt.requested() and unfinished
+                if unfinished and (stop or time.perf_counter() - saved > cfg.checkpoint_seconds):
                     # Batches are seeded, so the rerun continues from here exactly as this run
                     # would have: the sampler's counts, the rows and the running mass suffice.
                     writer.checkpoint({"sampler": dict(tally), "stellar_mass": stellar_mass,
                                        "batches": batches})
                     saved = time.perf_counter()
                 if stop:
-                    log.info("%s: region %d: preempted after %d batch(es), %d of %d stars; "
-                             "checkpointed for the rerun", rank, rid, batches, writer.rows, n)
+                    log.info("%s: region %d: preempted after %d batch(es), %d of %d draws; "
+                             "checkpointed for the rerun", rank, rid, batches, tally["got"], n)
                     return
                 if time.perf_counter() - last > PROGRESS_SECONDS:
                     last = time.perf_counter()
-                    log.info("%s: region %d: %d of %d stars (%.0f%%)", rank, rid, writer.rows, n,
-                             100.0 * writer.rows / n)
+                    log.info("%s: region %d: %d of %d draws (%.0f%%), %d stars", rank, rid,
+                             tally["got"], n, 100.0 * tally["got"] / n, writer.rows)
         record = writer.close()
         self.catalog.record({
             **record,
             "region": rid,
+            "owned_draws": n,
             "expected_rows": float(self.lam[rid]),
             "owned_mass_msun": float(region.owned_mass),
             "stellar_mass_msun": stellar_mass,
@@ -345,9 +390,53 @@ class _RegionSampler:
         self.regions += 1
         self.stars += n
         dt = time.perf_counter() - t0
-        log.info("%s: region %d: %d stars in %d batch(es), %.1f s (%.0f stars/s; flow %.1f s, "
-                 "parents %.1f s, write %.1f s)", rank, rid, n, batches, dt, n / max(dt, 1e-9),
-                 spent["flow"], spent["parents"], spent["write"])
+        log.info("%s: region %d: %d stars of %d draws in %d batch(es), %.1f s (%.0f draws/s; "
+                 "flow %.1f s, parents %.1f s, write %.1f s)", rank, rid, record["rows"], n,
+                 batches, dt, n / max(dt, 1e-9), spent["flow"], spent["parents"], spent["write"])
+
+    def _visibility(self, rid: int, particles: Particles, imf: BrokenPowerLawIMF | None
+                    ) -> _VisibleThinning:
+        """Region ``rid``'s magnitude-limited thinning (its particles are the populations)."""
+        t = time.perf_counter()
+        if self.observatory is None:
+            self.observatory = build_observatory(self.job.observables, self.job.observer)
+        missing = ~(np.isfinite(particles.age) & np.isfinite(particles.feh))
+        if missing.any():
+            raise InputError(
+                f"{missing.sum()} training particle(s) without an age or [Fe/H] (first: id "
+                f"{int(particles.id[np.argmax(missing)])}): a magnitude limit needs both; set "
+                "observables.magnitude_limit: null (or observables.enabled: false)")
+        assert imf is not None  # observables need imf mode (config)
+        # The values the catalog stores (float32): photometry is computed from those.
+        age = particles.age.astype(np.float32).astype(np.float64)
+        feh = particles.feh.astype(np.float32).astype(np.float64)
+        table = visibility_table(self.observatory.isochrones, self.observatory.photometry, imf,
+                                 age, feh, threads=torch.get_num_threads())
+        log.info("%s: region %d: visible-mass table of %d populations in %.1f s", self.rank,
+                 rid, len(age), time.perf_counter() - t)
+        return _VisibleThinning(table, self.observatory, imf, self.job.observables.magnitude_limit,
+                                extinction_floor(self.observatory.photometry), age, feh)
+
+
+@dataclass(frozen=True)
+class _VisibleThinning:
+    """One region's magnitude-limited thinning (galmock.visibility) with its inputs bound."""
+
+    table: VisibilityTable
+    observatory: Observatory
+    imf: BrokenPowerLawIMF
+    limit: float
+    floor: float
+    age: np.ndarray
+    feh: np.ndarray
+
+    def thin(self, pos: np.ndarray, vel: np.ndarray, matcher: ParentMatcher, seed: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The visible stars among a batch of owned draws: rows, parents, masses."""
+        uniforms = np.random.default_rng(seed).random((len(pos), 3))
+        return thin_to_visible(self.table, self.observatory, self.imf, self.limit, self.floor,
+                               pos, lambda rows: matcher.query(pos[rows], vel[rows]), self.age,
+                               self.feh, uniforms)
 
 
 def _property_flow(job: JobConfig, rid: int, device: torch.device) -> PropertyFlow | None:
@@ -364,13 +453,11 @@ def _property_flow(job: JobConfig, rid: int, device: torch.device) -> PropertyFl
 def progress(layout: RunLayout) -> str:
     """What the run directory says about upsample (for ``galmock status``)."""
     staging = BlockCatalog.staging_dir(layout.stars)
-    state = BlockCatalog.progress(staging)
+    state = BlockCatalog.progress(staging) or OpenBlockCatalog.progress(staging)
     if state is not None:
         regions_done, regions, rows, total = state
-        return (
-            f"{regions_done} of {regions} region(s) upsampled, {rows:,} of {total:,} stars "
-            "written"
-        )
+        of = f" of {total:,}" if total is not None else ""
+        return f"{regions_done} of {regions} region(s) upsampled, {rows:,}{of} stars written"
     attrs = zarr_attrs(layout.stars)
     if attrs and attrs.get("complete"):
         return f"{attrs.get('n_rows', 0):,} stars in {layout.stars.name} (complete)"

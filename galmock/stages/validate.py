@@ -56,10 +56,11 @@ from galmock.observables import distance_modulus
 from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import GalaxyParticles, RegionParticles
+from galmock.sampling import expected_stars
 from galmock.seeds import derive_seed
 from galmock.selection import load_catalog_spec, selection_mask
 from galmock.stages.upsample import current_fingerprint, require_current_stars
-from galmock.store import CATALOG_FORMAT, open_catalog
+from galmock.store import CATALOG_FORMAT, open_catalog, zarr_attrs
 from galmock.validate import figures
 from galmock.validate.classifier import (
     ClassifierSettings,
@@ -240,13 +241,14 @@ def _validate(job: JobConfig) -> dict[str, Any]:
 
     with atomic_directory(layout.report) as staging:
         # One even stride through stars.zarr serves the seams and the radial profile.
-        many = _read_stars(job, job.validation.seam_stars, ("x", "y", "z"))
-        report["seams"], stars = _seams(job, plan, draws, data, truth, many)
-        report["radial_profile"] = _radial_profile(data, many)
+        many, stars, source = _stars(job, plan, flows, selection)
+        report["seams"] = _seams(job, plan, draws, data, truth, many, source)
+        report["radial_profile"] = _radial_profile(data, many, source)
         report["figures"] = []
         report["observables"], observed = _read_observables(job)
         if cfg.figures:
-            report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars,
+            label = "stars.zarr" if source.startswith("stars.zarr") else "production draws"
+            report["figures"] = _figures(job, staging, draws, train_pos, train_vel, stars, label,
                                          clf, z_test, report)
             if observed is not None:
                 report["figures"] += _observable_figures(job, staging, observed)
@@ -348,29 +350,60 @@ def _mmd(
     return out
 
 
+def _stars(
+    job: JobConfig, plan: RegionPlan, flows: dict[str, FlowUpsampler], selection: Selection,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None, str]:
+    """The production stars the seams, radial profile and figures look at: ``(many, few,
+    source)``, ``many`` up to ``seam_stars`` positions, ``few`` up to ``figure_stars`` with
+    velocities. An even stride through stars.zarr; when stars.zarr is magnitude-limited (a
+    visibility-weighted subsample, not the galaxy's density), as many draws of the run's models,
+    owned-volume tiled like upsample's and shared among the regions as its stars are."""
+    cfg = job.validation
+    attrs = zarr_attrs(RunLayout(job.run_dir).stars) or {}
+    if attrs.get("magnitude_limit") is None:
+        many = _read_stars(job, cfg.seam_stars, ("x", "y", "z"))
+        few = _read_stars(job, cfg.figure_stars, ("x", "y", "z", "vx", "vy", "vz"))
+        return many, few, "stars.zarr ({} stars, an even stride through the catalog)"
+    flow = flows.get(job.flows.kind)
+    if flow is None:
+        return None, None, ""
+    lam = expected_stars(plan.regions, job.upsample)
+    counts = np.round(cfg.seam_stars * lam / lam.sum()).astype(np.int64)
+    t0 = time.perf_counter()
+    # Where upsample draws: the plan's space, not validate.within_kpc's selection.
+    unlimited = FlowUpsampler(job.flows.kind, flow.models, plan, Selection.within(plan, None))
+    sample = unlimited.draw(counts.tolist(), _seed(job, "production"))
+    log.info("validate: %d draws of the production models in %.1f s (stars.zarr is "
+             "magnitude-limited)", len(sample), time.perf_counter() - t0)
+    many = {c: sample.pos[:, k] for k, c in enumerate("xyz")}
+    few_draws = sample.subset(min(cfg.figure_stars, len(sample)), _seed(job, "production-few"))
+    few = {**{c: few_draws.pos[:, k] for k, c in enumerate("xyz")},
+           **{c: few_draws.vel[:, k] for k, c in enumerate(("vx", "vy", "vz"))}}
+    return many, few, (f"{{}} draws of the {job.flows.kind} models as upsample draws them "
+                       "(stars.zarr holds only the visible stars)")
+
+
 def _seams(
     job: JobConfig, plan: RegionPlan, draws: dict[str, Draws], data: GalaxyParticles,
-    truth: DemoTruth | None, many: dict[str, np.ndarray] | None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """Seams on the production stars (``many``: up to ``seam_stars`` of them, an even stride
-    through ``stars.zarr``, or None) when there are any, else on the run's flow draws: per
-    face the star density's step, its excess over a seamless reference (as many true draws
-    where the truth is known, else the particles) and the comparison with the particles. Also
-    returns the stars for the figures."""
-    stars = _read_stars(job, job.validation.figure_stars, ("x", "y", "z", "vx", "vy", "vz"))
+    truth: DemoTruth | None, many: dict[str, np.ndarray] | None, source: str,
+) -> dict[str, Any]:
+    """Seams on the production stars (``many``, see :func:`_stars`; ``source`` describes them)
+    when there are any, else on the run's flow draws: per face the star density's step, its
+    excess over a seamless reference (as many true draws where the truth is known, else the
+    particles) and the comparison with the particles."""
     faces = internal_faces(plan)
     if not faces:
         note = ("no internal faces (a single region)" if len(plan.regions) == 1
                 else "no internal faces (sphere plan)")
-        return {"faces": [], "note": note}, stars
+        return {"faces": [], "note": note}
     if many is not None:
         pos = np.column_stack([many["x"], many["y"], many["z"]])
-        source = f"stars.zarr ({len(pos)} stars, an even stride through the catalog)"
+        source = source.format(len(pos))
     elif job.flows.kind in draws:
         pos = draws[job.flows.kind].pos
         source = f"validation draws of {job.flows.kind}"
     else:
-        return {"faces": [], "note": "no stars.zarr and no draws of flows.kind"}, stars
+        return {"faces": [], "note": "no stars.zarr and no draws of flows.kind"}
     width = job.validation.seam_width_kpc
     if truth is not None:
         reference = truth.sample(len(pos), np.random.default_rng(_seed(job, "seam-reference")))[0]
@@ -382,22 +415,21 @@ def _seams(
         for counts, step in zip(seam_counts(faces, pos, data.pos, width),
                                 seam_excess(faces, pos, reference, width), strict=True)
     ]
-    return {"faces": rows, "source": source, "reference": reference_name,
-            "width_kpc": width}, stars
+    return {"faces": rows, "source": source, "reference": reference_name, "width_kpc": width}
 
 
 def _radial_profile(
-    data: GalaxyParticles, stars: dict[str, np.ndarray] | None
+    data: GalaxyParticles, stars: dict[str, np.ndarray] | None, source: str
 ) -> dict[str, Any]:
-    """Each galactocentric shell's share of ``stars`` (an even stride through stars.zarr, or
-    None) against the particles' share of the mass (:mod:`galmock.validate.profile`)."""
+    """Each galactocentric shell's share of ``stars`` (see :func:`_stars`; ``source`` describes
+    them; or None) against the particles' share of the mass (:mod:`galmock.validate.profile`)."""
     if stars is None:
         return {"shells": [], "note": "no stars.zarr"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
     particle_r = np.sqrt((data.pos**2).sum(axis=1))
     shells = radial_profile(particle_r, data.store.load(["mass"])["mass"], star_r)
     worst = max(shells, key=lambda row: abs(row["z"]))
-    return {"shells": shells, "source": f"stars.zarr ({len(star_r)} stars, an even stride)",
+    return {"shells": shells, "source": source.format(len(star_r)),
             "worst": {k: worst[k] for k in ("r_lo_kpc", "r_hi_kpc", "ratio", "z")}}
 
 
@@ -421,7 +453,7 @@ def _read_stars(
 
 def _figures(
     job: JobConfig, staging: Path, draws: dict[str, Draws], train_pos: np.ndarray,
-    train_vel: np.ndarray, stars: dict[str, np.ndarray] | None,
+    train_vel: np.ndarray, stars: dict[str, np.ndarray] | None, stars_label: str,
     clf: TrainedClassifier | None, z_test: np.ndarray,
     report: dict[str, Any],
 ) -> list[dict[str, str]]:
@@ -436,7 +468,7 @@ def _figures(
     if stars is not None:
         pos = np.column_stack([stars["x"], stars["y"], stars["z"]])
         vel = np.column_stack([stars["vx"], stars["vy"], stars["vz"]])
-        models["stars.zarr"] = Draws("stars.zarr", pos, vel)
+        models[stars_label] = Draws(stars_label, pos, vel)
     sky = {k: icrs(d.pos, d.vel) for k, d in models.items()}
     parents = icrs(train_pos, train_vel)
     out = []
