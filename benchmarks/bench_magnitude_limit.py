@@ -74,8 +74,11 @@ def main() -> None:
         matcher = ParentMatcher(particles.pos, particles.vel)
         u = np.random.default_rng(rid).random((len(pos), 3))
         t0 = time.perf_counter()
-        kept, _, _ = thin_to_visible(table, model, imf, limit, floor, pos,
-                                     lambda r: matcher.query(pos[r], vel[r]), age, feh, u)
+        def parents(r: np.ndarray, m: ParentMatcher = matcher, p: np.ndarray = pos,
+                    v: np.ndarray = vel) -> np.ndarray:
+            return m.query(p[r], v[r])
+
+        kept, _, _ = thin_to_visible(table, model, imf, limit, floor, pos, parents, age, feh, u)
         t_limited = time.perf_counter() - t0
         t0 = time.perf_counter()
         parent = matcher.query(pos, vel)
@@ -85,7 +88,8 @@ def main() -> None:
         t_full = time.perf_counter() - t0
         n = len(pos)
         rows.append((rid, len(age), t_table / len(age) * 1e3, n, len(kept), cut,
-                     n / max(len(kept), 1), t_flow * 1e6, (t_flow * n + t_limited) / max(len(kept), 1) * 1e6,
+                     n / max(len(kept), 1), t_flow * 1e6,
+                     (t_flow * n + t_limited) / max(len(kept), 1) * 1e6,
                      (t_flow * n + t_full) / max(cut, 1) * 1e6))
         for key, value in (("draws", n), ("flow", t_flow * n), ("limited", t_limited),
                            ("full", t_full), ("kept", len(kept)), ("cut", cut),
