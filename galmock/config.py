@@ -566,6 +566,11 @@ class JobConfig(Section):
         return self
 
     @property
+    def magnitude_limit(self) -> float | None:
+        """The G limit upsample keeps stars within (None: every star is kept)."""
+        return self.observables.magnitude_limit if self.observables.enabled else None
+
+    @property
     def run_dir(self) -> Path:
         """The run directory (``output``, else ``runs/<name>``), absolute."""
         return Path(self.output or f"runs/{self.name}").expanduser().resolve()

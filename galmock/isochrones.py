@@ -120,27 +120,34 @@ class StellarParameters:
 
 
 def load_mist(path: str | Path | None = None) -> IsochroneGrid:
-    """Read the MIST grid (default: lachesis-grids' package data) into memory (~100 MB)."""
+    """Read the MIST grid (default: lachesis-grids' package data) into memory (~90 MB: the
+    eight columns galmock uses, as float64)."""
     path = Path(path) if path is not None else grid_path(MIST_FILE)
+    # The four isochrone_tracks gathers first (adjacent in memory), then phase and the rest.
+    wanted = ("initial_mass", "log_Teff", "log_g", "log_R", "phase",
+              *(c for c in PARAMETERS if c not in ("log_Teff", "log_g", "log_R")))
     with h5py.File(path, "r") as f:
         names = [str(c) for c in f.attrs["columns"]]
-        values = f["values"][:].astype(np.float64)
+        data = f["values"]
+        # Column by column (the file is chunked by column): no full float32 copy on the way.
+        values = np.empty((data.shape[0], len(wanted)), dtype=np.float64)
+        for k, name in enumerate(wanted):
+            values[:, k] = data[:, names.index(name)]
         feh, log_age = f["feh_values"][:], f["age_values"][:]
         eep_start, n_rows = f["offsets"][:], f["lengths"][:]
     shape = (len(feh), len(log_age))
     row_start = np.r_[0, np.cumsum(n_rows)[:-1]]
-    _fill_gaps(values, row_start, n_rows, label=names.index("phase"))
-    col = {name: values[:, names.index(name)] for name in ("initial_mass", "phase", *PARAMETERS)}
+    _fill_gaps(values, row_start, n_rows, label=wanted.index("phase"))
+    col = {name: values[:, k] for k, name in enumerate(wanted)}
     return IsochroneGrid(
         feh=feh,
         log_age=log_age,
         eep_start=eep_start.reshape(shape),
         n_rows=n_rows.reshape(shape),
         row_start=row_start.reshape(shape),
-        initial_mass=col["initial_mass"],
+        initial_mass=col.pop("initial_mass"),
         phase=col.pop("phase"),
-        track_columns=np.column_stack([col.pop("initial_mass"), col["log_Teff"], col["log_g"],
-                                       col["log_R"]]),
+        track_columns=values[:, :4],  # a view: initial mass, log Teff, log g, log R
         columns=col,
     )
 

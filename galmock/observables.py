@@ -16,8 +16,10 @@ catalog columns (:data:`OBSERVABLE_COLUMNS`), in Gaia DR3's names and units:
   error, are not drawn).
 
 Stars without photometry have NaN magnitudes, errors and observed values: remnants (MIST
-post-AGB and white dwarfs, and stars heavier than any their isochrone still holds) and stars
-below the isochrone grid (< 0.1 Msun). ``phase`` says which: the MIST phase (−1 pre-main
+post-AGB and white dwarfs, and stars heavier than any their isochrone still holds), Wolf–Rayet
+stars (MIST phase 9, flagged with the remnants by :mod:`galmock.isochrones`: the Kurucz grid has
+no atmospheres for them; a few per million young stars) and stars below the isochrone grid
+(< 0.1 Msun). ``phase`` says which: the MIST phase (−1 pre-main
 sequence, 0 main sequence, 2 red giant branch, 3 core He burning, 4 early AGB, 5 TP-AGB,
 6 post-AGB / white dwarf, 9 Wolf–Rayet), :data:`PHASE_REMNANT` or :data:`PHASE_BELOW_GRID`.
 Ages and [Fe/H] beyond the isochrone grid are clipped to it and Teff below the photometry

@@ -60,9 +60,9 @@ from scipy.interpolate import RegularGridInterpolator
 
 from galmock.errors import InputError
 
-__all__ = ["BANDS", "PIVOT_ANGSTROM", "ZP_AB_MINUS_VEGA", "Extinction", "Photometry",
-           "PhotometryGrid", "absolute_magnitudes", "extinction", "load_photometry_grid",
-           "vega_zero_points"]
+__all__ = ["BANDS", "PHOTOMETRY_GRID", "PIVOT_ANGSTROM", "ZP_AB_MINUS_VEGA", "Extinction",
+           "Photometry", "PhotometryGrid", "absolute_magnitudes", "extinction",
+           "load_photometry_grid", "vega_zero_points"]
 
 #: Gaia DR3 bands, in the order of every array here.
 BANDS = ("G", "BP", "RP")
@@ -71,7 +71,8 @@ PIVOT_ANGSTROM = {"G": 6217.59, "BP": 5109.71, "RP": 7769.02}
 #: ZP_AB − ZP_Vega (mag), Riello et al. 2021 Table 1 (G 25.8010 − 25.6874, ...).
 ZP_AB_MINUS_VEGA = {"G": 25.8010 - 25.6874, "BP": 25.3540 - 25.3385, "RP": 25.1040 - 24.7479}
 
-_GRID_FILE = "kurucz_gaia_dr3.npz"
+#: The packaged grid's file name (in galmock/data).
+PHOTOMETRY_GRID = "kurucz_gaia_dr3.npz"
 _C_ANGSTROM_PER_S = 2.99792458e18
 _AB_JY = 3631.0e-23  # erg s^-1 cm^-2 Hz^-1
 _R_SUN_CM = 6.957e10  # IAU 2015 nominal
@@ -128,7 +129,8 @@ class Extinction:
 
 def load_photometry_grid(path: str | Path | None = None) -> PhotometryGrid:
     """Read the packaged grid (or ``path``) and set up its interpolators."""
-    where = Path(path) if path is not None else resources.files("galmock") / "data" / _GRID_FILE
+    packaged = resources.files("galmock") / "data" / PHOTOMETRY_GRID
+    where = Path(path) if path is not None else packaged
     try:
         with np.load(where) as f:  # type: ignore[arg-type]
             data = {k: f[k] for k in ("teff", "logg", "feh", "a0", "mag0", "ax", "filled")}

@@ -989,6 +989,7 @@ class OpenBlockCatalog:
         self.columns = list(meta["columns"])
         self.dtypes = {c: np.dtype(d) for c, d in zip(self.columns, meta["dtypes"])}
         self.fingerprint = str(meta["fingerprint"])
+        self._known_offsets: np.ndarray | None = None
 
     staging_dir = staticmethod(BlockCatalog.staging_dir)
 
@@ -1032,7 +1033,12 @@ class OpenBlockCatalog:
             "array_attrs": {k: dict(v) for k, v in (array_attrs or {}).items()},
         }
         found = _read_layout_file(staging, OPEN_BLOCKS_FORMAT)
-        if found == json.loads(json.dumps(wanted)):
+        # What the finished blocks' rows depend on (provenance attrs may change on a rerun).
+        same = ("fingerprint", "blocks", "chunk_rows", "columns", "dtypes")
+        if found is not None and all(found.get(k) == json.loads(json.dumps(wanted[k]))
+                                     for k in same):
+            found.update(json.loads(json.dumps(wanted)))  # the new provenance, units, codec
+            atomic_write_text(staging / _LAYOUT, json.dumps(found, indent=1) + "\n")
             for tmp in (staging / "blocks").glob("*/.*"):
                 shutil.rmtree(tmp, ignore_errors=True)  # half-written pieces
             shutil.rmtree(staging / target.name, ignore_errors=True)  # reallocated at the end
@@ -1093,12 +1099,17 @@ class OpenBlockCatalog:
         return self.staging / "blocks" / f"block-{block:06d}" / f"piece-{piece:06d}"
 
     def _offsets(self) -> np.ndarray:
+        """Block starts and the total, once every block is recorded (read once per process:
+        assembling every chunk would otherwise read every record again)."""
+        if self._known_offsets is not None:
+            return self._known_offsets
         done = self.done()
         missing = [i for i in range(self.blocks) if i not in done]
         if missing:
             raise InputError(f"{self.staging}: block(s) {missing[:10]} are not written yet")
         rows = [int(done[i]["rows"]) for i in range(self.blocks)]
-        return np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+        self._known_offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+        return self._known_offsets
 
     def allocate(self) -> int:
         """Create the (empty) catalog for the rows every block wrote; returns its number of

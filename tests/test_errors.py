@@ -110,14 +110,22 @@ def test_a_bug_is_exit_70_with_its_traceback(capsys, tmp_path, monkeypatch) -> N
 
 
 def test_a_catalog_planned_past_warn_stars_is_announced_with_its_size(tmp_path, caplog) -> None:
-    """The default sampling_fraction 1.0 on a Milky-Way-mass galaxy plans ~10^11 stars (~6 TB):
-    plan says so, with the knob to turn; the demo's 2e-5 (1.9 million stars) says nothing."""
+    """The default sampling_fraction 1.0 on a Milky-Way-mass galaxy plans ~10^11 stars (~6 TB)
+    without a magnitude limit: plan says so, with the knob to turn; the demo's 2e-5 (1.9 million
+    stars) says nothing, nor does a magnitude-limited job (only the visible ~2% are kept)."""
     sets = ["galaxy.demo.n_particles=4000", "plan.target_particles=2000"]
     quiet = load_job(DEMO, overrides=sets, output=tmp_path / "quiet")
     with caplog.at_level("WARNING"):
         run_pipeline(quiet, "ingest", "plan")
     assert "planned at" not in caplog.text
-    loud = load_job(DEMO, overrides=[*sets, "upsample.sampling_fraction=1"],
+    # Magnitude-limited (the default), stars.zarr holds only the visible few: no warning either.
+    limited = load_job(DEMO, overrides=[*sets, "upsample.sampling_fraction=1"],
+                       output=tmp_path / "limited")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        run_pipeline(limited, "ingest", "plan")
+    assert "planned at" not in caplog.text
+    loud = load_job(DEMO, overrides=[*sets, "upsample.sampling_fraction=1",
+                                     "observables.magnitude_limit=null"],
                     output=tmp_path / "loud")  # fmt: skip
     with caplog.at_level("WARNING"):
         run_pipeline(loud, "ingest", "plan")

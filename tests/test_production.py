@@ -29,8 +29,12 @@ from galmock.demo import DemoGalaxy
 from galmock.imf import kroupa2001
 from galmock.observables import build_observatory, true_photometry
 from galmock.plan import read_plan
+from galmock.regions import RegionParticles
+from galmock.sampling import expected_stars, support_radius
 from galmock.stages import run_pipeline, run_stage
+from galmock.stages.validate import _stars
 from galmock.store import BlockCatalog, columns_sha256, open_catalog
+from galmock.validate.upsamplers import FlowUpsampler, Selection, load_flows
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
@@ -594,3 +598,31 @@ def test_cnf_trains_and_upsamples_end_to_end(tmp_path) -> None:
     again = open_catalog(tmp_path / "reuse" / "stars.zarr").read()
     for name, values in cat.read().items():
         np.testing.assert_array_equal(again[name], values)
+
+
+def test_validate_measures_a_limited_run_on_draws_sampled_as_upsample_samples(
+        demo, unlimited) -> None:
+    """stars.zarr of the (magnitude-limited) shared run holds only visible stars, so validate's
+    seams and radial profile use draws of the models: shared among the regions as upsample's
+    owned draws are, inside each region's owned box and support radius; an unlimited
+    stars.zarr is read as it is."""
+    job = load_job(demo["job"], output=demo["run"], overrides=["validate.seam_stars=20000",
+                                                                "validate.figure_stars=3000"])
+    plan = read_plan(demo["run"] / "plan.json")
+    data = RegionParticles(demo["run"] / "training.zarr", plan)
+    models = load_flows(job, plan, job.flows.kind, data)
+    flows = {job.flows.kind: FlowUpsampler(job.flows.kind, models, plan,
+                                           Selection.within(plan, None))}
+    many, few, source = _stars(job, plan, flows, Selection.within(plan, None))
+    assert "draws of the maf models" in source and len(few["vx"]) == 3000
+    pos = np.column_stack([many["x"], many["y"], many["z"]])
+    owner = plan.owner(pos)
+    lam = expected_stars(plan.regions, job.upsample)
+    np.testing.assert_array_equal(np.bincount(owner, minlength=len(lam)),
+                                  np.round(20000 * lam / lam.sum()))
+    for r in plan.regions:
+        radius = support_radius(data.particles(r.id).pos)
+        assert (np.linalg.norm(pos[owner == r.id], axis=1) <= radius).all()
+    full = load_job(demo["job"], output=unlimited, overrides=["validate.seam_stars=20000"])
+    many, _, source = _stars(full, plan, flows, Selection.within(plan, None))
+    assert source.startswith("stars.zarr") and len(many["x"]) <= 20000

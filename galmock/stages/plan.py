@@ -57,7 +57,9 @@ def run(job: JobConfig) -> RegionPlan:
     # leaves a store that the old plan.json refuses, never a silent mismatch.
     write_training_store(layout.training, plan, store)
     plan.write(layout.plan)
-    warning = size_warning(float(expected_stars(plan.regions, job.upsample).sum()), job.upsample)
+    stars = float(expected_stars(plan.regions, job.upsample).sum())
+    # With a magnitude limit the catalog holds only the visible few of these stars.
+    warning = None if job.magnitude_limit is not None else size_warning(stars, job.upsample)
     if warning:
         log.warning("%s", warning)
     return plan

@@ -1,13 +1,18 @@
 """The ``upsample`` stage across MPI ranks (``mpiexec -n N galmock upsample JOB``):
 ``<run>/stars.zarr``.
 
-Star counts are seeded Poisson draws known up front (:func:`galmock.sampling.star_counts`), so
-each region's rows are fixed before sampling (a prefix sum); regions stream batches into their
-own whole chunks and the few chunks two regions share are assembled from side pieces at the end
-(:class:`galmock.store.BlockCatalog`). Finished regions are recorded (rows, sha256); a rerun
-after a crash skips them and redoes the rest, and the catalog only replaces ``stars.zarr`` once
-complete. A complete catalog built from the same inputs is left alone. Every draw is seeded by
-(job seed, region, batch), so the catalog does not depend on the number of ranks.
+Star counts are seeded Poisson draws known up front (:func:`galmock.sampling.star_counts`): the
+number of owned draws each region makes. Without a magnitude limit every draw is a star, so each
+region's rows are fixed before sampling (a prefix sum); regions stream batches into their own
+whole chunks and the few chunks two regions share are assembled from side pieces at the end
+(:class:`galmock.store.BlockCatalog`). With ``observables.magnitude_limit`` (the default) only
+the draws that are visible stars are kept (:mod:`galmock.visibility`), so a region's rows are
+known once it is sampled: they go to pieces that are assembled into every chunk at the end
+(:class:`galmock.store.OpenBlockCatalog`). Finished regions are recorded (rows, sha256, owned
+draws); a rerun after a crash skips them and redoes the rest, and the catalog only replaces
+``stars.zarr`` once complete. A complete catalog built from the same inputs is left alone. Every
+draw and every thinning uniform is seeded by (job seed, region, batch), so the catalog does not
+depend on the number of ranks.
 
 Preemption (:mod:`galmock.preempt`): on SIGUSR1 or SIGTERM upsampling stops after the batch it
 is writing and checkpoints that region (its rows so far, the buffered tail and the sampler's
@@ -18,9 +23,9 @@ rerun continues every region from its last checkpointed batch, to the same catal
 
 Example:
     >>> run(load_job("jobs/demo.yaml"))  # needs the trained models  # doctest: +SKIP
-    1,918,749 stars in 4 region(s) -> .../runs/demo/stars.zarr
+    41,366 stars with G <= 20.7 of 1,918,749 drawn in 4 region(s) -> .../runs/demo/stars.zarr
 
-    The star counts are known before any model is loaded:
+    The draws are counted before any model is loaded:
 
     >>> from galmock.plan import read_plan
     >>> from galmock.sampling import star_counts
@@ -43,6 +48,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from importlib import resources
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -67,6 +74,7 @@ from galmock.parallel.mpi import (
     run_tasks,
     setup_rank,
 )
+from galmock.photometry import PHOTOMETRY_GRID
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import RegionParticles
 from galmock.sampling import (
@@ -116,7 +124,8 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
     plan = read_plan(layout.plan)
     cfg = job.upsample
     counts = star_counts(plan.regions, cfg, job.seed)
-    warning = size_warning(float(counts.sum()), cfg)
+    # With a magnitude limit the catalog holds only the visible few of these draws.
+    warning = None if magnitude_limited(job) else size_warning(float(counts.sum()), cfg)
     if warning and rank.rank == 0:
         log.warning("%s", warning)
     lam = expected_stars(plan.regions, cfg)
@@ -166,7 +175,7 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
         chunks = catalog.layout.edge_chunks()  # the chunks two regions share
     run_tasks(chunks, catalog.assemble, rank.comm, describe=lambda k: f"chunk {k}")
     elapsed = time.perf_counter() - started
-    log.info("%s: %d region(s), %d stars in %.1f s (%.0f stars/s), cpu %.1f s, peak memory "
+    log.info("%s: %d region(s), %d draws in %.1f s (%.0f draws/s), cpu %.1f s, peak memory "
              "%.0f MiB", rank, sampler.regions, sampler.stars, elapsed,
              sampler.stars / max(elapsed, 1e-9), time.process_time() - cpu, peak_memory_mib())
 
@@ -183,9 +192,16 @@ def _upsample(job: JobConfig, rank: Rank) -> None:
         print(f"{total:,} stars{seen} in {len(counts)} region(s) -> {target}")
 
 
+def grid_identity() -> dict[str, str]:
+    """What the isochrone and photometry grids are: a new grid changes which stars are seen."""
+    photometry = (resources.files("galmock") / "data" / PHOTOMETRY_GRID).read_bytes()
+    return {"lachesis-grids": version("lachesis-grids"),
+            "photometry_sha256": hashlib.sha256(photometry).hexdigest()}
+
+
 def magnitude_limited(job: JobConfig) -> bool:
     """Whether ``upsample`` keeps only the stars within ``observables.magnitude_limit``."""
-    return job.observables.enabled and job.observables.magnitude_limit is not None
+    return job.magnitude_limit is not None
 
 
 # Settings that change how the stage runs, never the catalog.
@@ -253,6 +269,7 @@ def _fingerprint(
             "observables": job.observables.model_dump(mode="json", exclude={"release"}),
             "observer": list(job.observer.sun_position_kpc),
             "format": "galmock.visibility/1",
+            "grids": grid_identity(),
         }
     if job.upsample.properties == "flow":
         # Retraining only the property flows must invalidate the catalog too.
@@ -388,7 +405,7 @@ class _RegionSampler:
             "batches": batches,
         })  # fmt: skip
         self.regions += 1
-        self.stars += n
+        self.stars += n  # draws: the rate below is the sampler's
         dt = time.perf_counter() - t0
         log.info("%s: region %d: %d stars of %d draws in %d batch(es), %.1f s (%.0f draws/s; "
                  "flow %.1f s, parents %.1f s, write %.1f s)", rank, rid, record["rows"], n,

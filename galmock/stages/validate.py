@@ -56,7 +56,7 @@ from galmock.observables import distance_modulus
 from galmock.parallel.mpi import setup_rank
 from galmock.plan import RegionPlan, read_plan
 from galmock.regions import GalaxyParticles, RegionParticles
-from galmock.sampling import expected_stars
+from galmock.sampling import expected_stars, support_radius
 from galmock.seeds import derive_seed
 from galmock.selection import load_catalog_spec, selection_mask
 from galmock.stages.upsample import current_fingerprint, require_current_stars
@@ -365,13 +365,17 @@ def _stars(
         few = _read_stars(job, cfg.figure_stars, ("x", "y", "z", "vx", "vy", "vz"))
         return many, few, "stars.zarr ({} stars, an even stride through the catalog)"
     flow = flows.get(job.flows.kind)
-    if flow is None:
+    if flow is None:  # _seams then says so; the radial profile has nothing to show
         return None, None, ""
     lam = expected_stars(plan.regions, job.upsample)
     counts = np.round(cfg.seam_stars * lam / lam.sum()).astype(np.int64)
     t0 = time.perf_counter()
-    # Where upsample draws: the plan's space, not validate.within_kpc's selection.
-    unlimited = FlowUpsampler(job.flows.kind, flow.models, plan, Selection.within(plan, None))
+    # Where upsample draws: the plan's space (not validate.within_kpc's selection), each region
+    # cut at its farthest training particle as upsample cuts it.
+    regions = RegionParticles(RunLayout(job.run_dir).training, plan)
+    support = [support_radius(regions.particles(r.id).pos) for r in plan.regions]
+    unlimited = FlowUpsampler(job.flows.kind, flow.models, plan, Selection.within(plan, None),
+                              support)
     sample = unlimited.draw(counts.tolist(), _seed(job, "production"))
     log.info("validate: %d draws of the production models in %.1f s (stars.zarr is "
              "magnitude-limited)", len(sample), time.perf_counter() - t0)
@@ -424,7 +428,8 @@ def _radial_profile(
     """Each galactocentric shell's share of ``stars`` (see :func:`_stars`; ``source`` describes
     them; or None) against the particles' share of the mass (:mod:`galmock.validate.profile`)."""
     if stars is None:
-        return {"shells": [], "note": "no stars.zarr"}
+        return {"shells": [], "note": "no stars.zarr, or a magnitude-limited one and flows.kind "
+                "not among validate.upsamplers (its draws stand in for the stars)"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
     particle_r = np.sqrt((data.pos**2).sum(axis=1))
     shells = radial_profile(particle_r, data.store.load(["mass"])["mass"], star_r)

@@ -226,9 +226,12 @@ def hess_diagram(path: str | Path, bp_rp: np.ndarray, abs_g: np.ndarray, title: 
     """Hess diagram: star counts (log colour scale) in (BP − RP, G − 5 log10(d / 10 pc))."""
     fig, ax = plt.subplots(figsize=(5.0, 5.5))
     ok = np.isfinite(bp_rp) & np.isfinite(abs_g)
-    h = ax.hist2d(bp_rp[ok], abs_g[ok], bins=(120, 140), range=((-0.6, 4.0), (-5.0, 16.0)),
-                  cmin=1, norm=matplotlib.colors.LogNorm(), cmap="viridis")
-    fig.colorbar(h[3], ax=ax, label="stars per bin")
+    if ok.any():
+        h = ax.hist2d(bp_rp[ok], abs_g[ok], bins=(120, 140), range=((-0.6, 4.0), (-5.0, 16.0)),
+                      cmin=1, norm=matplotlib.colors.LogNorm(vmin=1), cmap="viridis")
+        fig.colorbar(h[3], ax=ax, label="stars per bin")
+    else:
+        ax.text(0.5, 0.5, "no stars", ha="center", transform=ax.transAxes)
     ax.invert_yaxis()
     ax.set_xlabel("BP - RP [mag]")
     ax.set_ylabel("G - 5 log10(d / 10 pc) [mag] (extincted)")
@@ -288,8 +291,9 @@ def sky_density(path: str | Path, counts: np.ndarray, pixel_of: Any, title: str)
     image = np.ma.masked_less_equal(counts[pix].astype(np.float64), 0)
     fig = plt.figure(figsize=(7.0, 4.0))
     ax = fig.add_subplot(projection="mollweide")
-    mesh = ax.pcolormesh(lon, lat, image, norm=matplotlib.colors.LogNorm(), cmap="magma",
-                         shading="flat", rasterized=True)
+    top = max(float(counts.max()) if len(counts) else 1.0, 2.0)  # an empty map draws blank
+    mesh = ax.pcolormesh(lon, lat, image, norm=matplotlib.colors.LogNorm(vmin=1, vmax=top),
+                         cmap="magma", shading="flat", rasterized=True)
     fig.colorbar(mesh, ax=ax, orientation="horizontal", fraction=0.05, pad=0.08,
                  label="stars per pixel")
     ax.set_xticks(np.radians([-120, -60, 0, 60, 120]), ["120", "60", "0", "300", "240"],

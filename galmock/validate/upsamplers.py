@@ -211,8 +211,10 @@ class FlowUpsampler:
     """
 
     def __init__(self, label: str, models: Sequence[FlowEnsemble], plan: RegionPlan,
-                 selection: Selection) -> None:
+                 selection: Selection, support: Sequence[float] | None = None) -> None:
         self.label, self.models, self.plan, self.selection = label, list(models), plan, selection
+        # Per region, upsample's cut at its farthest training particle (None: no cut).
+        self.support = list(support) if support is not None else [math.inf] * len(self.models)
         self.log_norm = np.full(len(models), np.nan)  # log P_i
         self.weights = np.zeros(len(models))
 
@@ -225,7 +227,7 @@ class FlowUpsampler:
             if n == 0:
                 continue
             proposed = [0.0]
-            region_owns = owned_volume(self.plan, rid)
+            region_owns = owned_volume(self.plan, rid, self.support[rid])
 
             def propose(m: int, round_: int, model: FlowEnsemble = model, rid: int = rid,
                         proposed: list[float] = proposed) -> tuple[np.ndarray, np.ndarray]:
