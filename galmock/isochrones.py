@@ -59,6 +59,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from lachesis_grids import grid_path
+from numpy.typing import ArrayLike
 
 __all__ = ["MIST_FILE", "PARAMETERS", "REMNANT_PHASE", "IsochroneGrid", "IsochroneTracks",
            "StellarParameters", "isochrone_tracks", "load_mist", "stellar_parameters"]
@@ -179,20 +180,7 @@ def stellar_parameters(
     """Interpolate ``grid`` at each star's initial mass [Msun], age [Gyr] and [Fe/H] (see the
     module docstring for the method, remnants and clipping)."""
     mass = np.asarray(mass_initial, np.float64)
-    age = np.asarray(age_gyr, np.float64)
-    metal = np.asarray(feh, np.float64)
-    with np.errstate(divide="ignore"):
-        log_age = np.log10(np.maximum(age, 0.0) * 1e9)
-    metals, clip_f = _lagrange(grid.feh, metal)
-    ages, clip_a = _lagrange(grid.log_age, log_age)
-    corners = [(ii, jj, wi * wj) for ii, wi in metals for jj, wj in ages]
-    starts = [grid.eep_start[a, b] for a, b, _ in corners]
-    ends = [grid.eep_start[a, b] + grid.n_rows[a, b] - 1 for a, b, _ in corners]
-    # The EEPs any corner that counts (weight > 0) has; a corner without an EEP stands in
-    # with its nearest end (its lightest star, or its heaviest).
-    big = np.iinfo(np.int64).max
-    lo = np.min([np.where(w > 0, e, big) for (_, _, w), e in zip(corners, starts)], axis=0)
-    hi = np.max([np.where(w > 0, e, -1) for (_, _, w), e in zip(corners, ends)], axis=0)
+    corners, starts, ends, lo, hi, clipped = _corners(grid, age_gyr, feh)
 
     def rows(eep: np.ndarray) -> list[np.ndarray]:
         return [grid.row_start[a, b] + np.clip(eep, first, last) - first
@@ -236,7 +224,7 @@ def stellar_parameters(
         eep=np.where(bad, np.nan, left + t),
         remnant=remnant | (phase >= REMNANT_PHASE),
         below_grid=below & ~remnant,
-        clipped=int(np.count_nonzero(clip_f | clip_a)),
+        clipped=int(np.count_nonzero(clipped)),
     )
 
 
@@ -278,18 +266,7 @@ def isochrone_tracks(grid: IsochroneGrid, age_gyr: np.ndarray, feh: np.ndarray) 
         >>> bool(lo <= sun.log_teff[0] <= hi)  # linear in EEP in between
         True
     """
-    age = np.asarray(age_gyr, np.float64).reshape(-1)
-    metal = np.asarray(feh, np.float64).reshape(-1)
-    with np.errstate(divide="ignore"):
-        log_age = np.log10(np.maximum(age, 0.0) * 1e9)
-    metals, _ = _lagrange(grid.feh, metal)
-    ages, _ = _lagrange(grid.log_age, log_age)
-    corners = [(ii, jj, wi * wj) for ii, wi in metals for jj, wj in ages]
-    starts = [grid.eep_start[a, b] for a, b, _ in corners]
-    ends = [grid.eep_start[a, b] + grid.n_rows[a, b] - 1 for a, b, _ in corners]
-    big = np.iinfo(np.int64).max
-    lo = np.min([np.where(w > 0, e, big) for (_, _, w), e in zip(corners, starts)], axis=0)
-    hi = np.max([np.where(w > 0, e, -1) for (_, _, w), e in zip(corners, ends)], axis=0)
+    corners, starts, ends, lo, hi, _ = _corners(grid, np.reshape(age_gyr, -1), np.reshape(feh, -1))
     first = int(lo.min()) if len(lo) else 0
     eep = np.arange(first, int(hi.max()) + 1 if len(hi) else first)[None, :]  # (1, E)
     valid = (eep >= lo[:, None]) & (eep <= hi[:, None])
@@ -314,6 +291,30 @@ def isochrone_tracks(grid: IsochroneGrid, age_gyr: np.ndarray, feh: np.ndarray) 
         first_eep=first,
     )
 
+
+
+Corner = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _corners(grid: IsochroneGrid, age_gyr: ArrayLike, feh: ArrayLike) -> tuple[
+        list[Corner], list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The 4 x 4 isochrones around each (age, [Fe/H]) with their weights (``(i_feh, j_age,
+    weight)``), each one's first and last EEP, the EEP range the corners that count (weight > 0)
+    span, and which values were clipped to the grid."""
+    metal = np.asarray(feh, np.float64)
+    with np.errstate(divide="ignore"):
+        log_age = np.log10(np.maximum(np.asarray(age_gyr, np.float64), 0.0) * 1e9)
+    metals, clip_f = _lagrange(grid.feh, metal)
+    ages, clip_a = _lagrange(grid.log_age, log_age)
+    corners = [(ii, jj, wi * wj) for ii, wi in metals for jj, wj in ages]
+    starts = [grid.eep_start[a, b] for a, b, _ in corners]
+    ends = [grid.eep_start[a, b] + grid.n_rows[a, b] - 1 for a, b, _ in corners]
+    # The EEPs any corner that counts has; a corner without an EEP stands in with its nearest
+    # end (its lightest star, or its heaviest).
+    big = np.iinfo(np.int64).max
+    lo = np.min([np.where(w > 0, e, big) for (_, _, w), e in zip(corners, starts)], axis=0)
+    hi = np.max([np.where(w > 0, e, -1) for (_, _, w), e in zip(corners, ends)], axis=0)
+    return corners, starts, ends, lo, hi, clip_f | clip_a
 
 
 def _lagrange(

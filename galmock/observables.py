@@ -21,7 +21,8 @@ stars (MIST phase 9, flagged with the remnants by :mod:`galmock.isochrones`: the
 no atmospheres for them; a few per million young stars) and stars below the isochrone grid
 (< 0.1 Msun). ``phase`` says which: the MIST phase (−1 pre-main
 sequence, 0 main sequence, 2 red giant branch, 3 core He burning, 4 early AGB, 5 TP-AGB,
-6 post-AGB / white dwarf, 9 Wolf–Rayet), :data:`PHASE_REMNANT` or :data:`PHASE_BELOW_GRID`.
+6 post-AGB / white dwarf, 9 Wolf–Rayet), :data:`PHASE_REMNANT`, :data:`PHASE_BELOW_GRID` or
+:data:`PHASE_UNKNOWN` (no age or [Fe/H]: no photometry rather than a guessed isochrone).
 Ages and [Fe/H] beyond the isochrone grid are clipped to it and Teff below the photometry
 grid's 3500 K keeps its luminosity (see those modules); :class:`TruePhotometry` counts both.
 
@@ -36,6 +37,8 @@ Example:
     [4.6, 14.67, nan]
     >>> true.phase.tolist()
     [0, 0, 10]
+    >>> true_photometry(model, pos[:1], mass=[1.0], age=[np.nan], feh=[0.0]).phase.tolist()
+    [12]
     >>> astrometry = {"parallax": 1.0 / np.linalg.norm(pos - sun, axis=1),
     ...               "pmra": np.zeros(3), "pmdec": np.zeros(3), "radial_velocity": np.zeros(3)}
     >>> cols, observed = gaia_columns(model, true, astrometry, np.random.default_rng(0))
@@ -60,54 +63,54 @@ from galmock.dust import DustModel, ExponentialDustDisk
 from galmock.gaia_errors import gaia_uncertainties, observe
 from galmock.isochrones import IsochroneGrid, load_mist, stellar_parameters
 from galmock.photometry import PhotometryGrid, absolute_magnitudes, extinction, load_photometry_grid
-from galmock.store import ColumnSpec
+from galmock.store import ColumnSpec, column_spec
 
-__all__ = ["OBSERVABLE_COLUMNS", "PHASE_BELOW_GRID", "PHASE_REMNANT", "Observatory",
-           "TruePhotometry", "build_observatory", "distance_modulus", "gaia_columns",
-           "true_photometry"]
+__all__ = ["OBSERVABLE_COLUMNS", "PHASE_BELOW_GRID", "PHASE_REMNANT", "PHASE_UNKNOWN",
+           "Observatory", "TruePhotometry", "build_observatory", "distance_modulus",
+           "gaia_columns", "true_photometry"]
 
 #: ``phase`` of a remnant beyond its isochrone (heavier than the heaviest star it still holds).
 PHASE_REMNANT = 10
 #: ``phase`` of a star below the isochrone grid's 0.1 Msun.
 PHASE_BELOW_GRID = 11
-
-
-def _col(dtype: str, unit: str, description: str) -> ColumnSpec:
-    return ColumnSpec(np.dtype(dtype), unit, description)
+#: ``phase`` of a star whose parent has no age or [Fe/H] (a snapshot without them): no isochrone.
+PHASE_UNKNOWN = 12
 
 
 #: The observables' catalog columns, in order (Gaia DR3 dtypes where gaia_source has the column).
 OBSERVABLE_COLUMNS: dict[str, ColumnSpec] = {
-    "parallax_error": _col("float32", "mas", "parallax standard error (pygaia, sky-averaged)"),
-    "pmra_error": _col("float32", "mas / yr", "standard error of pmra (pygaia)"),
-    "pmdec_error": _col("float32", "mas / yr", "standard error of pmdec (pygaia)"),
-    "radial_velocity_error": _col("float32", "km / s",
+    "parallax_error": column_spec("float32", "mas",
+                                  "parallax standard error (pygaia, sky-averaged)"),
+    "pmra_error": column_spec("float32", "mas / yr", "standard error of pmra (pygaia)"),
+    "pmdec_error": column_spec("float32", "mas / yr", "standard error of pmdec (pygaia)"),
+    "radial_velocity_error": column_spec("float32", "km / s",
                                   "radial velocity standard error; NaN where G_RVS > 14"),
-    "phot_g_mean_mag": _col("float32", "mag", "observed G (Vega), extincted"),
-    "phot_bp_mean_mag": _col("float32", "mag", "observed BP (Vega), extincted"),
-    "phot_rp_mean_mag": _col("float32", "mag", "observed RP (Vega), extincted"),
-    "bp_rp": _col("float32", "mag", "observed BP - RP"),
-    "phot_g_mean_mag_error": _col("float32", "mag", "G standard error (pygaia)"),
-    "phot_bp_mean_mag_error": _col("float32", "mag", "BP standard error (pygaia)"),
-    "phot_rp_mean_mag_error": _col("float32", "mag", "RP standard error (pygaia)"),
-    "grvs_mag": _col("float32", "mag", "true G_RVS (from G and RP, Sartoretti et al. 2022)"),
-    "parallax_true": _col("float64", "mas", "true parallax"),
-    "pmra_true": _col("float64", "mas / yr", "true pmra (times cos(dec))"),
-    "pmdec_true": _col("float64", "mas / yr", "true pmdec"),
-    "radial_velocity_true": _col("float32", "km / s", "true heliocentric radial velocity"),
-    "phot_g_mean_mag_true": _col("float32", "mag", "true apparent G (Vega), extincted"),
-    "phot_bp_mean_mag_true": _col("float32", "mag", "true apparent BP (Vega), extincted"),
-    "phot_rp_mean_mag_true": _col("float32", "mag", "true apparent RP (Vega), extincted"),
-    "abs_g": _col("float32", "mag", "absolute G (Vega), no extinction"),
-    "a0": _col("float32", "mag", "extinction A0 at 550 nm along the sight line"),
-    "a_g": _col("float32", "mag", "extinction in G"),
-    "a_bp": _col("float32", "mag", "extinction in BP"),
-    "a_rp": _col("float32", "mag", "extinction in RP"),
-    "teff": _col("float32", "K", "effective temperature (MIST)"),
-    "logg": _col("float32", "dex", "log10 surface gravity, cgs (MIST)"),
-    "mass_initial": _col("float32", "solMass", "initial stellar mass (the star's IMF draw)"),
-    "mass_current": _col("float32", "solMass", "current stellar mass (MIST)"),
-    "phase": _col("int8", "", "MIST phase; 10: remnant beyond the isochrone, 11: below 0.1 Msun"),
+    "phot_g_mean_mag": column_spec("float32", "mag", "observed G (Vega), extincted"),
+    "phot_bp_mean_mag": column_spec("float32", "mag", "observed BP (Vega), extincted"),
+    "phot_rp_mean_mag": column_spec("float32", "mag", "observed RP (Vega), extincted"),
+    "bp_rp": column_spec("float32", "mag", "observed BP - RP"),
+    "phot_g_mean_mag_error": column_spec("float32", "mag", "G standard error (pygaia)"),
+    "phot_bp_mean_mag_error": column_spec("float32", "mag", "BP standard error (pygaia)"),
+    "phot_rp_mean_mag_error": column_spec("float32", "mag", "RP standard error (pygaia)"),
+    "grvs_mag": column_spec("float32", "mag", "true G_RVS (from G and RP, Sartoretti et al. 2022)"),
+    "parallax_true": column_spec("float64", "mas", "true parallax"),
+    "pmra_true": column_spec("float64", "mas / yr", "true pmra (times cos(dec))"),
+    "pmdec_true": column_spec("float64", "mas / yr", "true pmdec"),
+    "radial_velocity_true": column_spec("float32", "km / s", "true heliocentric radial velocity"),
+    "phot_g_mean_mag_true": column_spec("float32", "mag", "true apparent G (Vega), extincted"),
+    "phot_bp_mean_mag_true": column_spec("float32", "mag", "true apparent BP (Vega), extincted"),
+    "phot_rp_mean_mag_true": column_spec("float32", "mag", "true apparent RP (Vega), extincted"),
+    "abs_g": column_spec("float32", "mag", "absolute G (Vega), no extinction"),
+    "a0": column_spec("float32", "mag", "extinction A0 at 550 nm along the sight line"),
+    "a_g": column_spec("float32", "mag", "extinction in G"),
+    "a_bp": column_spec("float32", "mag", "extinction in BP"),
+    "a_rp": column_spec("float32", "mag", "extinction in RP"),
+    "teff": column_spec("float32", "K", "effective temperature (MIST)"),
+    "logg": column_spec("float32", "dex", "log10 surface gravity, cgs (MIST)"),
+    "mass_initial": column_spec("float32", "solMass", "initial stellar mass (the star's IMF draw)"),
+    "mass_current": column_spec("float32", "solMass", "current stellar mass (MIST)"),
+    "phase": column_spec("int8", "", "MIST phase; 10: remnant beyond the isochrone, 11: below "
+                         "0.1 Msun, 12: no age or [Fe/H]"),
 }
 
 
@@ -194,8 +197,10 @@ def true_photometry(model: Observatory, pos: ArrayLike, mass: ArrayLike, age: Ar
     phase = np.where(np.isnan(sp.phase), 0, sp.phase).astype(np.int8)
     phase[sp.below_grid] = PHASE_BELOW_GRID
     phase[sp.remnant & np.isnan(sp.phase)] = PHASE_REMNANT
+    known = np.isfinite(age) & np.isfinite(feh)  # NaN would take the grid's first isochrone
+    phase[~known] = PHASE_UNKNOWN
     # Remnants carry no photometry: the Kurucz grid has no white-dwarf atmospheres.
-    ok = ~(sp.remnant | sp.below_grid)
+    ok = ~(sp.remnant | sp.below_grid) & known
     a0 = model.dust.a0(model.observer, pos)
     nan = np.full(n, np.nan)
     out = {k: nan.copy() for k in ("a_g", "a_bp", "a_rp", "abs_g", "g", "bp", "rp")}

@@ -74,6 +74,7 @@ __all__ = [
     "OpenBlockWriter",
     "RowLayout",
     "StarCatalog",
+    "column_spec",
     "columns_sha256",
     "create_catalog",
     "is_current",
@@ -102,24 +103,26 @@ class ColumnSpec:
     description: str
 
 
-def _spec(dtype: str, unit: str, description: str) -> ColumnSpec:
+def column_spec(dtype: str, unit: str, description: str) -> ColumnSpec:
+    """A :class:`ColumnSpec` from a dtype name."""
     return ColumnSpec(np.dtype(dtype), unit, description)
 
 
 #: The star catalog contract: every ``galmock.stars/2`` catalog has these columns and dtypes.
 #: Positions stay float64: float32 galactocentric kpc are ~1 pc coarse near the Sun.
 STAR_COLUMNS: dict[str, ColumnSpec] = {
-    "x": _spec("float64", "kpc", "galactocentric x (astropy Galactocentric; Sun at x < 0)"),
-    "y": _spec("float64", "kpc", "galactocentric y (direction of disk rotation at the Sun)"),
-    "z": _spec("float64", "kpc", "galactocentric z (towards the north Galactic pole)"),
-    "vx": _spec("float32", "km / s", "galactocentric velocity along x"),
-    "vy": _spec("float32", "km / s", "galactocentric velocity along y"),
-    "vz": _spec("float32", "km / s", "galactocentric velocity along z"),
-    "mass": _spec("float32", "solMass", "stellar mass"),
-    "age": _spec("float32", "Gyr", "stellar age"),
-    "feh": _spec("float32", "dex", "[Fe/H] relative to solar"),
-    "parent_id": _spec("int64", "", "id of the simulation particle the star was sampled from"),
-    "region": _spec("int32", "", "plan region the star was sampled in"),
+    "x": column_spec("float64", "kpc", "galactocentric x (astropy Galactocentric; Sun at x < 0)"),
+    "y": column_spec("float64", "kpc", "galactocentric y (direction of disk rotation at the Sun)"),
+    "z": column_spec("float64", "kpc", "galactocentric z (towards the north Galactic pole)"),
+    "vx": column_spec("float32", "km / s", "galactocentric velocity along x"),
+    "vy": column_spec("float32", "km / s", "galactocentric velocity along y"),
+    "vz": column_spec("float32", "km / s", "galactocentric velocity along z"),
+    "mass": column_spec("float32", "solMass", "stellar mass"),
+    "age": column_spec("float32", "Gyr", "stellar age"),
+    "feh": column_spec("float32", "dex", "[Fe/H] relative to solar"),
+    "parent_id": column_spec("int64", "",
+                             "id of the simulation particle the star was sampled from"),
+    "region": column_spec("int32", "", "plan region the star was sampled in"),
 }
 
 _REQUIRED = {STARS_FORMAT: tuple(STAR_COLUMNS), CATALOG_FORMAT: ("ra", "dec")}
@@ -545,7 +548,48 @@ def is_current(path: str | Path, fingerprint: str) -> bool:
     return attrs.get("complete") is True and attrs.get("fingerprint") == fingerprint
 
 
-class BlockCatalog:
+class _StagedCatalog:
+    """What :class:`BlockCatalog` and :class:`OpenBlockCatalog` share: the staging directory
+    beside ``target``, block records and checkpoints in it, and the final swap."""
+
+    target: Path
+
+    @staticmethod
+    def staging_dir(target: str | Path) -> Path:
+        target = Path(target)
+        return target.with_name(f".{target.name}.partial")
+
+    @property
+    def staging(self) -> Path:
+        return self.staging_dir(self.target)
+
+    @property
+    def store(self) -> Path:
+        """The Zarr catalog being written."""
+        return self.staging / self.target.name
+
+    def progress_path(self, block: int) -> Path:
+        """Where block ``block``'s last checkpoint is kept until the block is recorded."""
+        return self.staging / "progress" / f"block-{block:06d}"
+
+    def _write_record(self, record: Mapping[str, Any]) -> None:
+        """A finished block's record, atomic (a kill cannot leave half); its checkpoint goes."""
+        block = int(record["block"])
+        atomic_write_text(
+            self.staging / "done" / f"block-{block:06d}.json", json.dumps(dict(record)) + "\n"
+        )
+        shutil.rmtree(self.progress_path(block), ignore_errors=True)  # superseded
+
+    def _publish(self, attrs: Mapping[str, Any] | None, records: list[Any]) -> Path:
+        """Mark the catalog complete (``records`` in attribute ``blocks``) and rename it over
+        ``target``; the staging directory goes."""
+        mark_complete(self.store, {**dict(attrs or {}), "blocks": records})
+        replace_path(self.store, self.target)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.target
+
+
+class BlockCatalog(_StagedCatalog):
     """A catalog written in blocks by any number of processes, resumable after a crash or kill.
 
     The catalog at ``target`` is built in a staging directory beside it,
@@ -595,15 +639,6 @@ class BlockCatalog:
         self.fingerprint = fingerprint
 
     @staticmethod
-    def staging_dir(target: str | Path) -> Path:
-        target = Path(target)
-        return target.with_name(f".{target.name}.partial")
-
-    @property
-    def staging(self) -> Path:
-        return self.staging_dir(self.target)
-
-    @staticmethod
     def progress(staging: str | Path) -> tuple[int, int, int, int] | None:
         """(blocks done, blocks, rows written, rows) of a staging area, None if there is none.
 
@@ -622,11 +657,6 @@ class BlockCatalog:
                 continue  # being replaced right now
         rows = sum(int(r["rows"]) for r in records)
         return len(records), len(counts), rows, sum(counts)
-
-    @property
-    def store(self) -> Path:
-        """The Zarr catalog being written."""
-        return self.staging / self.target.name
 
     @classmethod
     def prepare(
@@ -707,17 +737,10 @@ class BlockCatalog:
         if record.get("rows") != self.layout.counts[block]:
             raise ValueError(f"block {block}: {record.get('rows')} rows written, expected "
                              f"{self.layout.counts[block]}")
-        atomic_write_text(
-            self.staging / "done" / f"block-{block:06d}.json", json.dumps(dict(record)) + "\n"
-        )
-        shutil.rmtree(self.progress_path(block), ignore_errors=True)  # superseded
+        self._write_record(record)
 
     def piece_path(self, start: int) -> Path:
         return self.staging / "pieces" / f"{start:015d}"
-
-    def progress_path(self, block: int) -> Path:
-        """Where block ``block``'s last checkpoint is kept until the block is recorded."""
-        return self.staging / "progress" / f"block-{block:06d}"
 
     def assemble(self, k: int) -> None:
         """Write edge chunk ``k`` from its pieces (after every block overlapping it is done)."""
@@ -744,10 +767,7 @@ class BlockCatalog:
         missing = [i for i in range(len(self.layout.counts)) if i not in done]
         if missing:
             raise InputError(f"{self.store}: block(s) {missing[:10]} are not written yet")
-        mark_complete(self.store, {**dict(attrs or {}), "blocks": [done[i] for i in sorted(done)]})
-        replace_path(self.store, self.target)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        return self.target
+        return self._publish(attrs, [done[i] for i in sorted(done)])
 
 
 def _writer_threads(columns: int) -> int:
@@ -948,7 +968,7 @@ class BlockWriter:
 OPEN_BLOCKS_FORMAT = "galmock.open-blocks/1"
 
 
-class OpenBlockCatalog:
+class OpenBlockCatalog(_StagedCatalog):
     r"""A :class:`BlockCatalog` whose blocks' lengths are known only once they are written:
     magnitude-limited upsampling keeps a random share of each region's draws.
 
@@ -990,16 +1010,6 @@ class OpenBlockCatalog:
         self.dtypes = {c: np.dtype(d) for c, d in zip(self.columns, meta["dtypes"])}
         self.fingerprint = str(meta["fingerprint"])
         self._known_offsets: np.ndarray | None = None
-
-    staging_dir = staticmethod(BlockCatalog.staging_dir)
-
-    @property
-    def staging(self) -> Path:
-        return self.staging_dir(self.target)
-
-    @property
-    def store(self) -> Path:
-        return self.staging / self.target.name
 
     @classmethod
     def prepare(
@@ -1087,13 +1097,7 @@ class OpenBlockCatalog:
 
     def record(self, record: Mapping[str, Any]) -> None:
         """Mark a block finished (after its writer closed); atomic."""
-        block = int(record["block"])
-        atomic_write_text(self.staging / "done" / f"block-{block:06d}.json",
-                          json.dumps(dict(record)) + "\n")
-        shutil.rmtree(self.progress_path(block), ignore_errors=True)
-
-    def progress_path(self, block: int) -> Path:
-        return self.staging / "progress" / f"block-{block:06d}"
+        self._write_record(record)
 
     def piece_path(self, block: int, piece: int) -> Path:
         return self.staging / "blocks" / f"block-{block:06d}" / f"piece-{piece:06d}"
@@ -1154,11 +1158,7 @@ class OpenBlockCatalog:
         it to ``target``; one process, after every chunk is assembled."""
         done = self.done()
         offsets = self._offsets()
-        records = [{**done[i], "start": int(offsets[i])} for i in sorted(done)]
-        mark_complete(self.store, {**dict(attrs or {}), "blocks": records})
-        replace_path(self.store, self.target)
-        shutil.rmtree(self.staging, ignore_errors=True)
-        return self.target
+        return self._publish(attrs, [{**done[i], "start": int(offsets[i])} for i in sorted(done)])
 
 
 class OpenBlockWriter:
