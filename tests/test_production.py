@@ -623,6 +623,7 @@ def test_validate_measures_a_limited_run_on_draws_sampled_as_upsample_samples(
     for r in plan.regions:
         radius = support_radius(data.particles(r.id).pos)
         assert (np.linalg.norm(pos[owner == r.id], axis=1) <= radius).all()
-    full = load_job(demo["job"], output=unlimited, overrides=["validate.seam_stars=20000"])
+    full = load_job(demo["job"], output=unlimited, overrides=["validate.seam_stars=20000",
+                                                              "observables.magnitude_limit=null"])
     many, _, source = _stars(full, plan, flows, Selection.within(plan, None))
     assert source.startswith("stars.zarr") and len(many["x"]) <= 20000
