@@ -133,7 +133,7 @@ def dust_model(cfg: DustConfig) -> DustModel:
 
 
 def build_observatory(cfg: ObservablesConfig, observer: ObserverConfig) -> Observatory:
-    """Load the grids (~1.5 s, ~150 MB) and set up the dust model for ``cfg``."""
+    """Load the grids (~1 s, ~100 MB) and set up the dust model for ``cfg``."""
     return Observatory(
         isochrones=load_mist(),
         photometry=load_photometry_grid(),

@@ -334,7 +334,7 @@ def convert_chunk(
 @functools.lru_cache(maxsize=2)
 def _observatory(key: str) -> Observatory:
     """The grids for a job's ``observables`` and ``observer`` (JSON ``key``), loaded once per
-    worker process: ~1.5 s and ~150 MB that every chunk would otherwise pay again."""
+    worker process: ~1 s and ~100 MB that every chunk would otherwise pay again."""
     data = json.loads(key)
     return build_observatory(ObservablesConfig(**data["observables"]),
                              ObserverConfig(**data["observer"]))

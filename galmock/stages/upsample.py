@@ -297,7 +297,7 @@ class _RegionSampler:
         self.job, self.plan, self.rank, self.catalog = job, plan, rank, catalog
         self.counts, self.lam, self.locations = counts, lam, locations
         self.data: RegionParticles | None = None
-        self.observatory: Observatory | None = None  # loaded once per rank (~1.5 s)
+        self.observatory: Observatory | None = None  # loaded once per rank (~1 s)
         self.regions = self.stars = 0
 
     def run(self, rid: int) -> None:
