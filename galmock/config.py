@@ -148,6 +148,7 @@ class PlanConfig(Section):
     margin_kpc: NonNegativeFloat
     margin_fraction: NonNegativeFloat | None
     max_margin_ratio: PositiveFloat | None
+    margin_taper: bool
     centre: Literal["sun"] | Vector3
     radius_kpc: PositiveFloat
     holdout_fraction: Annotated[float, Field(ge=0, lt=1)]

@@ -1,11 +1,14 @@
-"""Thinned margins (plan.max_margin_ratio): a region whose margin outnumbers its own particles
-trains on a weighted random subset of the margin. The plan must bound the training sets, keep
-the same particles whatever their order, and weigh them so the weighted set has the margin's
-density. (That training fits the weighted density: tests/test_flow_matching.py.)"""
+"""Thinned and tapered margins. Thinned (plan.max_margin_ratio): a region whose margin
+outnumbers its own particles trains on a weighted random subset of the margin. Tapered
+(plan.margin_taper): margin particles train with a probability falling from 1 at the face to 0
+at the margin's edge, unweighted. The plan must bound the training sets, keep the same particles
+whatever their order, and weigh them so the weighted set has the margin's density. (That
+training fits the weighted density: tests/test_flow_matching.py.)"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,14 +17,14 @@ import torch
 from galmock.config import FlowsConfig
 from galmock.demo import demo_particles
 from galmock.flows.training import _mean_nll, _weighted_draw, new_flow
-from galmock.plan import build_kdtree_plan, holdout_mask
+from galmock.plan import build_kdtree_plan, holdout_mask, read_plan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def demo256():
-    """256 regions of the demo galaxy, margins of 5% of each region's size (the defaults)."""
+    """256 regions of the demo galaxy, whole (untapered) margins of 5% of each region's size."""
     c = demo_particles(400_000, seed=1).columns
     pos = np.column_stack([c["x"], c["y"], c["z"]])
     mass, ids = np.asarray(c["mass"]), np.arange(len(pos)) * 7 + 3
@@ -105,3 +108,95 @@ def test_a_region_with_every_owned_particle_held_out_keeps_its_margin() -> None:
     held = holdout_mask(np.arange(2000), 0.5, 1)
     empty = [r for r in plan.regions if not (~held & (owner == r.id)).any()]
     assert empty and all(r.margin_keep == 1.0 for r in empty)
+
+
+# -- tapered margins (plan.margin_taper) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tapered256(demo256):
+    """The same galaxy and regions with tapered margins of 7% of each region's size."""
+    pos, mass, ids, _, _ = demo256
+    target = len(pos) // 256 + 1
+    return build_kdtree_plan(pos, mass, ids, target, 0.5, margin_fraction=0.07,
+                             margin_taper=True)
+
+
+def test_tapered_margins_bound_the_training_sets_at_256_regions(demo256, tapered256) -> None:
+    """The issue's target, <= 1.5x in sum, with every kept margin particle weighing 1: each
+    region's training set is its owned particles plus a Bernoulli(taper) draw of its margin."""
+    pos, _, _, full, _ = demo256
+    plan = tapered256
+    owner = plan.owner(pos)
+    owned = np.array([r.owned_particles for r in plan.regions])
+    training = np.array([r.training_particles for r in plan.regions])
+    assert training.sum() / owned.sum() <= 1.5, training.sum() / owned.sum()
+    assert sum(r.training_particles for r in full.regions) / owned.sum() > 1.6
+    assert all(r.margin_keep == 1.0 for r in plan.regions)
+    assert plan.training_weights(0, owner) is None  # kept particles are unweighted
+    # Per region: kept margin ~ Poisson-binomial(taper); its mean and sd from the tapers.
+    members = [np.flatnonzero(owner == r.id) for r in plan.regions]
+    wide = replace(plan, margin_taper=False)
+    z = []
+    for r in plan.regions[::16]:
+        margin = wide.training_indices(r.id, pos, members)
+        margin = margin[owner[margin] != r.id]
+        t = r.margin_taper(pos[margin])
+        kept = r.training_particles - r.owned_particles
+        z.append((kept - t.sum()) / math.sqrt(max((t * (1 - t)).sum(), 1.0)))
+    assert np.abs(z).max() < 4.5, z  # 16 regions: 4.5 sd
+
+
+def test_tapered_margin_keeps_a_raised_cosine_of_the_depth(demo256, tapered256) -> None:
+    """Kept fraction per depth bin beyond a face follows 1/2 (1 + cos(pi d / m)) within the
+    binomial error, from 1 at the face to 0 at the margin's edge; nothing beyond the margin."""
+    pos, _, ids, _, _ = demo256
+    plan = tapered256
+    owner = plan.owner(pos)
+    members = [np.flatnonzero(owner == r.id) for r in plan.regions]
+    wide = replace(plan, margin_taper=False)
+    depth_all, kept_all = [], []
+    for r in plan.regions:
+        margin = wide.training_indices(r.id, pos, members)
+        margin = margin[owner[margin] != r.id]
+        kept = np.isin(margin, plan.training_indices(r.id, pos, members, ids))
+        d = np.maximum(np.maximum(np.asarray(r.lower) - pos[margin],
+                                  pos[margin] - np.asarray(r.upper)), 0) / r.margin_kpc[0]
+        one_face = (d > 0).sum(axis=1) == 1  # past a single face: the taper is of one depth
+        depth_all.append(d[one_face].max(axis=1))
+        kept_all.append(kept[one_face])
+    depth, kept = np.concatenate(depth_all), np.concatenate(kept_all)
+    edges = np.linspace(0, 1, 11)
+    bins = np.digitize(depth, edges) - 1
+    for b in range(10):
+        sel = bins == b
+        mid = 0.5 * (edges[b] + edges[b + 1])
+        # Within a bin the taper varies; compare with the mean taper of the bin's own depths.
+        p = (0.5 * (1 + np.cos(np.pi * depth[sel]))).mean()
+        n = sel.sum()
+        assert n > 1000, (mid, n)
+        assert abs(kept[sel].mean() - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-12, (mid, p)
+    # The kept set depends on ids, not on the particles' order (nor the ranks reading them).
+    r = plan.regions[100]
+    perm = np.random.default_rng(0).permutation(len(pos))
+    again = plan.training_mask(r.id, pos[perm], owner[perm], ids[perm])
+    assert set(ids[perm][again]) == set(ids[plan.training_mask(r.id, pos, owner, ids)])
+
+
+def test_tapered_plan_round_trips_and_thins_on_top(tmp_path, demo256) -> None:
+    """margin_taper is part of plan.json; with max_margin_ratio the kept tapered margin is
+    thinned further (keep x taper), weighted by 1 / keep."""
+    pos, mass, ids, _, _ = demo256
+    target = len(pos) // 256 + 1
+    both = build_kdtree_plan(pos, mass, ids, target, 0.5, margin_fraction=0.07,
+                             margin_taper=True, max_margin_ratio=0.2)
+    assert read_plan(both.write(tmp_path / "plan.json")) == both
+    owned = sum(r.owned_particles for r in both.regions)
+    assert sum(r.training_particles for r in both.regions) <= 1.2 * owned + 5 * math.sqrt(owned)
+    thinned = [r for r in both.regions if r.margin_keep < 1]
+    assert thinned
+    owner = both.owner(pos)
+    r = thinned[0]
+    rows = both.training_mask(r.id, pos, owner, ids)
+    weight = both.training_weights(r.id, owner[rows])
+    assert set(np.unique(weight)) == {1.0, 1.0 / r.margin_keep}

@@ -45,6 +45,7 @@ def run(job: JobConfig) -> RegionPlan:
         plan = build_kdtree_plan(
             pos, mass, ids, cfg.target_particles, cfg.margin_kpc, cfg.holdout_fraction, job.seed,
             margin_fraction=cfg.margin_fraction, max_margin_ratio=cfg.max_margin_ratio,
+            margin_taper=cfg.margin_taper,
         )
     else:
         centre = job.observer.sun_position_kpc if cfg.centre == "sun" else cfg.centre

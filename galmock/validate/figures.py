@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,7 @@ def seam_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str
                   fontsize=7)
     ax.set_ylabel("log density ratio across the face")
     ax.legend(fontsize=7)
-    ax.set_title(f"seams across internal region faces\n{source}", fontsize=7)
+    ax.set_title(f"seams across internal region faces\n{textwrap.fill(source, 80)}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -217,7 +218,7 @@ def radial_profile_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], s
     bottom.set_ylim(0.0, 2.0)
     bottom.set_xlabel("galactocentric radius [kpc]")
     bottom.set_ylabel("stars / particles")
-    top.set_title(f"radial profile\n{source}", fontsize=7)
+    top.set_title(f"radial profile\n{textwrap.fill(source, 80)}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
