@@ -14,14 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import lsdb
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
 import zarr
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_worker
 
 from galmock.config import JobConfig, default_config, validate_job
 from galmock.errors import ConfigError, InputError
@@ -29,7 +31,7 @@ from galmock.frames import COLUMN_UNITS, GAIA_COLUMNS, galactocentric_frame, gal
 from galmock.gaia_errors import gaia_uncertainties
 from galmock.hats import verify_catalog
 from galmock.observables import OBSERVABLE_COLUMNS, PHASE_BELOW_GRID, PHASE_REMNANT
-from galmock.parallel.dask import WORKER_MALLOC, local_cluster, slurm_cluster
+from galmock.parallel.dask import WORKER_MALLOC, local_cluster, slurm_cluster, track
 from galmock.selection import cone_mask, load_catalog_spec
 from galmock.stages.convert import run as convert
 from galmock.stages.validate import _observable_figures, _read_observables
@@ -421,6 +423,36 @@ def test_galmock_workers_get_its_malloc_settings(tmp_path):
     assert list(environ.values()) == [WORKER_MALLOC]
     script = slurm_cluster(job, tmp_path / "logs").job_script()
     assert "export MALLOC_MMAP_THRESHOLD_=67108864" in script.splitlines()
+
+
+def test_a_worker_over_its_memory_limit_fails_the_stage_instead_of_hanging(tmp_path):
+    """A worker holding 85% of its limit would pause and never run another task (dask pauses
+    at 80%: the conversion then waited forever); galmock's workers go on, and a task that
+    drives its worker past the limit ends in a clear error naming convert.memory_per_worker."""
+    def hold_memory(fraction: float) -> int:
+        """Grow this worker's resident memory to ``fraction`` of its limit in 32 MiB steps and
+        keep it (on the worker object: unmanaged memory, which dask cannot spill)."""
+        worker, proc = get_worker(), psutil.Process()
+        held = worker.__dict__.setdefault("galmock_test_held", [])
+        while proc.memory_info().rss < fraction * worker.memory_manager.memory_limit:
+            held.append(np.ones(4 << 20))
+            time.sleep(0.02)  # the nanny's monitor samples every 100 ms
+        return proc.memory_info().rss
+
+    job = make_job(tmp_path / "run", n_workers=1, memory_per_worker="600MiB")
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            local_cluster(job.convert) as cluster, Client(cluster) as client:
+        assert client.run(lambda: dask.config.get("distributed.worker.memory.pause")) \
+            == {w: False for w in client.scheduler_info()["workers"]}
+        client.submit(hold_memory, 0.85, pure=False).result(timeout=60)
+        # Paused, this would time out (and the stage hang); galmock's worker runs it.
+        assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+        doomed = client.submit(hold_memory, 1.5, pure=False)
+        with pytest.raises(ConfigError, match=r"died 1 times .* convert\.memory_per_worker"):
+            for _ in track([doomed], "convert"):
+                pass
+    script = slurm_cluster(job, tmp_path / "logs").job_script()
+    assert "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in script.splitlines()
 
 
 @pytest.mark.slurm

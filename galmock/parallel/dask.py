@@ -30,7 +30,7 @@ from typing import Any
 
 import dask
 from dask_jobqueue import SLURMCluster
-from distributed import Client, Future, LocalCluster, as_completed, wait
+from distributed import Client, Future, KilledWorker, LocalCluster, as_completed, wait
 from tqdm import tqdm
 
 from galmock.config import ConvertConfig, JobConfig
@@ -38,6 +38,7 @@ from galmock.errors import ConfigError
 from galmock.layout import RunLayout
 
 __all__ = [
+    "WORKER_DASK_CONFIG",
     "WORKER_MALLOC",
     "dask_client",
     "local_cluster",
@@ -55,6 +56,15 @@ log = logging.getLogger("galmock.parallel")
 #: catalog writes ran ~2x slower in workers than in a plain process. Buffers up to 64 MiB come
 #: from the heap again; Dask's trim threshold still hands the heap's free top back.
 WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "67108864"}
+
+#: Dask settings of every worker. A worker that reaches ``pause`` (80% of its memory limit)
+#: stops running tasks until its memory falls, but when that memory is held (by a task's
+#: leftovers, or a task still running) it never falls and the conversion waits forever
+#: (dask/distributed#5235). Without pausing, a worker that keeps growing is terminated by its
+#: nanny at 95% of the limit, the task is retried on another worker, and after
+#: ``distributed.scheduler.allowed-failures`` deaths the client gets ``KilledWorker``, which
+#: :func:`track` reports as a clear error.
+WORKER_DASK_CONFIG = {"distributed.worker.memory.pause": False}
 
 
 @contextmanager
@@ -82,7 +92,9 @@ def dask_client(job: JobConfig, log_dir: str | Path | None = None) -> Iterator[C
 def local_cluster(cfg: ConvertConfig) -> LocalCluster:
     """``n_workers`` worker processes on this machine (with :data:`WORKER_MALLOC`)."""
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", {})
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {**environ, **WORKER_MALLOC}}):
+    # Nannies hand the dask config they are created under to their worker processes.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {**environ, **WORKER_MALLOC},
+                          **WORKER_DASK_CONFIG}):
         return LocalCluster(
             n_workers=cfg.n_workers,
             threads_per_worker=cfg.threads_per_worker,
@@ -135,6 +147,7 @@ def slurm_cluster(job: JobConfig, log_dir: str | Path) -> SLURMCluster:
         job_extra_directives=directives,
         job_script_prologue=[
             *(f"export {k}={v}" for k, v in WORKER_MALLOC.items()),
+            *(f"export {_dask_environ_name(k)}={v}" for k, v in WORKER_DASK_CONFIG.items()),
             *slurm.setup,
         ],
         interface=cfg.interface,
@@ -160,14 +173,16 @@ def _mpi_client(cfg: ConvertConfig) -> Iterator[Client]:
             f"got {size}; run under e.g. `mpiexec -n 4 galmock convert JOB`"
         )
     # exit=False: we stop the scheduler ourselves when the client is done, rather than from
-    # an atexit hook that would outlive it; the other ranks then leave here.
-    is_client = dask_mpi.initialize(
-        interface=cfg.interface,
-        nthreads=cfg.threads_per_worker,
-        memory_limit=cfg.memory_per_worker,
-        dashboard=False,
-        exit=False,
-    )
+    # an atexit hook that would outlive it; the other ranks then leave here. The worker ranks
+    # run their worker inside initialize, under WORKER_DASK_CONFIG.
+    with dask.config.set(WORKER_DASK_CONFIG):
+        is_client = dask_mpi.initialize(
+            interface=cfg.interface,
+            nthreads=cfg.threads_per_worker,
+            memory_limit=cfg.memory_per_worker,
+            dashboard=False,
+            exit=False,
+        )
     if not is_client:
         raise SystemExit(0)
     try:
@@ -191,13 +206,39 @@ def _wait_for_a_worker(client: Client, cfg: ConvertConfig) -> None:
 
 
 def track(futures: Iterable[Future], desc: str) -> Iterator[Future]:
-    """Yield futures as they finish, with a progress bar on stderr."""
+    """Yield futures as they finish, with a progress bar on stderr.
+
+    A task whose workers all died running it (``KilledWorker``: a worker's nanny terminates it
+    at 95% of its memory limit) is a :class:`~galmock.errors.ConfigError` naming
+    ``convert.memory_per_worker``, not a traceback.
+    """
     futures = list(futures)
     bar = tqdm(total=len(futures), desc=desc, unit="task", mininterval=1.0, file=sys.stderr)
     with bar:
         for future in as_completed(futures):
             bar.update(1)
+            if future.status == "error" and isinstance(future.exception(), KilledWorker):
+                raise ConfigError(
+                    f"{desc}: dask workers died {_allowed_failures() + 1} times running task "
+                    f"{future.key!r}; a worker is terminated at 95% of convert.memory_per_worker, "
+                    "so raise it (or lower upsample.chunk_rows) and run the stage again; the "
+                    "worker logs say more"
+                ) from future.exception()
             yield future
+
+
+def _allowed_failures() -> int:
+    return int(dask.config.get("distributed.scheduler.allowed-failures"))
+
+
+def _dask_environ_name(key: str) -> str:
+    """The environment variable dask reads ``key`` from.
+
+    Example:
+        >>> _dask_environ_name("distributed.worker.memory.pause")
+        'DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE'
+    """
+    return "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
 
 
 def wait_all(futures: Iterable[Future]) -> None:
