@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from galmock.plan import build_sphere_plan
+from galmock.stages.validate import radial_profile_report
 from galmock.validate.profile import radial_profile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -272,3 +274,22 @@ def test_models_trained_on_other_particles_are_refused(
     assert "region-0000: the model was trained on other particles than the run has now" \
         in result.stderr
     assert not (run / "report").exists()
+
+
+def test_a_sphere_plans_radial_profile_covers_its_ball() -> None:
+    """A sphere plan's stars fill its ball only: the profile compares them with the ball's
+    particles in 1 kpc shells across it (sparse ones merged; against the whole galaxy's particles, stars drawn
+    faithfully within the ball read 0 in every shell outside it and too many inside)."""
+    rng = np.random.default_rng(5)
+    pos = rng.normal(0.0, 5.0, (60_000, 3))
+    plan = build_sphere_plan(pos, np.ones(len(pos)), np.arange(len(pos)), (-8.1, 0.0, 0.0), 3.5)
+    inside = pos[plan.owner(pos) == 0]
+    draws = inside[rng.integers(0, len(inside), 400_000)] + rng.normal(0, 0.01, (400_000, 3))
+    draws = draws[plan.owner(draws) == 0]
+    stars = {c: draws[:, k] for k, c in enumerate("xyz")}
+    report = radial_profile_report(pos, np.ones(len(pos)), plan, stars, "{} test stars")
+    shells = report["shells"]
+    assert sum(s["particles"] for s in shells) == len(inside)
+    assert shells[0]["r_lo_kpc"] == 4.0 and shells[-1]["r_hi_kpc"] == 12.0
+    assert len(shells) >= 5 and all(s["r_hi_kpc"] - s["r_lo_kpc"] <= 2.0 for s in shells)
+    assert max(abs(s["z"]) for s in shells) < 4, [(s["ratio"], s["z"]) for s in shells]

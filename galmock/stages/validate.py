@@ -72,7 +72,7 @@ from galmock.validate.classifier import (
     train_classifier,
 )
 from galmock.validate.mmd import linear_mmd, median_bandwidth
-from galmock.validate.profile import radial_profile
+from galmock.validate.profile import DEFAULT_EDGES_KPC, radial_profile
 from galmock.validate.report import DEFINITIONS, REPORT_FORMAT, summary_table, write_report_files
 from galmock.validate.seams import internal_faces, seam_counts, seam_excess
 from galmock.validate.truth import (
@@ -243,7 +243,8 @@ def _validate(job: JobConfig) -> dict[str, Any]:
         # One even stride through stars.zarr serves the seams and the radial profile.
         many, stars, source = _stars(job, plan, flows, selection)
         report["seams"] = _seams(job, plan, draws, data, truth, many, source)
-        report["radial_profile"] = _radial_profile(data, many, source)
+        report["radial_profile"] = radial_profile_report(
+            data.pos, data.store.load(["mass"])["mass"], plan, many, source)
         report["figures"] = []
         report["observables"], observed = _read_observables(job)
         if cfg.figures:
@@ -422,17 +423,25 @@ def _seams(
     return {"faces": rows, "source": source, "reference": reference_name, "width_kpc": width}
 
 
-def _radial_profile(
-    data: GalaxyParticles, stars: dict[str, np.ndarray] | None, source: str
+def radial_profile_report(
+    pos: np.ndarray, mass: np.ndarray, plan: RegionPlan, stars: dict[str, np.ndarray] | None,
+    source: str,
 ) -> dict[str, Any]:
     """Each galactocentric shell's share of ``stars`` (see :func:`_stars`; ``source`` describes
-    them; or None) against the particles' share of the mass (:mod:`galmock.validate.profile`)."""
+    them; or None) against the share of the mass of the particles (``pos``, ``mass``) the plan
+    covers: all of them for a k-d plan, a sphere plan's ball, where its stars are
+    (:mod:`galmock.validate.profile`)."""
     if stars is None:
         return {"shells": [], "note": "no stars.zarr, or a magnitude-limited one and flows.kind "
                 "not among validate.upsamplers (its draws stand in for the stars)"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
-    particle_r = np.sqrt((data.pos**2).sum(axis=1))
-    shells = radial_profile(particle_r, data.store.load(["mass"])["mass"], star_r)
+    covered = plan.owner(pos) >= 0
+    particle_r = np.sqrt((pos[covered] ** 2).sum(axis=1))
+    # A sphere plan's ball spans a few kpc of galactocentric radius: 1 kpc shells across it
+    # (the whole-galaxy edges would put it in two shells of very different widths).
+    edges = (np.arange(math.floor(particle_r.min()), math.ceil(particle_r.max()) + 1)
+             if plan.kind == "sphere" else DEFAULT_EDGES_KPC)
+    shells = radial_profile(particle_r, np.asarray(mass)[covered], star_r, edges)
     worst = max(shells, key=lambda row: abs(row["z"]))
     return {"shells": shells, "source": source.format(len(star_r)),
             "worst": {k: worst[k] for k in ("r_lo_kpc", "r_hi_kpc", "ratio", "z")}}

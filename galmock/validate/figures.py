@@ -197,10 +197,11 @@ def seam_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str
 
 def radial_profile_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], source: str) -> Path:
     """Mass fraction per galactocentric shell: particles (points, Poisson bars) and stars
-    (line) on top, their ratio below (1 = faithful)."""
+    (line) on top, their ratio below (1 = faithful), each at the median radius of the shell's
+    particles."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.0, 5.0), sharex=True,
                                       gridspec_kw={"height_ratios": [2, 1]})
-    mid = np.array([np.sqrt(max(r["r_lo_kpc"], 0.1) * r["r_hi_kpc"]) for r in rows])
+    mid = np.array([r["r_median_kpc"] for r in rows])  # merged shells can be wide and empty
     width = np.array([r["r_hi_kpc"] - r["r_lo_kpc"] for r in rows])
     particles = np.array([r["particle_fraction"] for r in rows]) / width
     stars = np.array([r["star_fraction"] for r in rows]) / width

@@ -50,6 +50,11 @@ def _merged_edges(counts: np.ndarray) -> list[int]:
     return cuts
 
 
+def _median_within(r: np.ndarray, lo: float, hi: float) -> float:
+    """Median of the radii in ``[lo, hi)``: where a (merged) shell's points sit for a plot."""
+    return float(np.median(r[(r >= lo) & (r < hi)]))
+
+
 def radial_profile(
     particle_r: np.ndarray, particle_mass: np.ndarray, star_r: np.ndarray,
     edges: Sequence[float] = DEFAULT_EDGES_KPC,
@@ -78,6 +83,8 @@ def radial_profile(
         ratio_err = ratio * float(np.hypot(p_err / p if p else 0.0, s_err / s if s else 0.0))
         rows.append({
             "r_lo_kpc": float(edges[i]), "r_hi_kpc": float(edges[i + 1]),
+            "r_median_kpc": _median_within(particle_r if n_particles[i] else star_r,
+                                           bins[i], bins[i + 1]),
             "particles": int(n_particles[i]), "stars": int(n_stars[i]),
             "particle_fraction": p, "particle_stderr": float(p_err),
             "star_fraction": s, "star_stderr": float(s_err),

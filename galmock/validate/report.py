@@ -55,8 +55,10 @@ DEFINITIONS = {
             "(x, y, z, vx, vy, vz), between the draws and the test particles; 0 within its "
             "stderr = same distribution.",
     "radial_profile": "per galactocentric shell: the fraction of the stars in it against the "
-                      "fraction of the particle mass, with Poisson errors from both counts; "
-                      "ratio 1 and |z| < ~3 = faithful.",
+                      "fraction of the mass of the particles the plan covers (a sphere plan: "
+                      "its ball), with Poisson errors from both counts; ratio 1 and |z| < ~3 = "
+                      "faithful; shells of < 25 particles merged, r_median_kpc the median "
+                      "radius of a shell's particles.",
     "seams": "per internal k-d face: step = log(rho_R/rho_L), the jump of the star density "
              "across the face from four slabs of seam_width_kpc (the smooth gradient removed); "
              "seam = step minus the same step of a seamless reference (true draws, else the "
