@@ -278,8 +278,9 @@ def test_models_trained_on_other_particles_are_refused(
 
 def test_a_sphere_plans_radial_profile_covers_its_ball() -> None:
     """A sphere plan's stars fill its ball only: the profile compares them with the ball's
-    particles in 1 kpc shells across it (sparse ones merged; against the whole galaxy's particles, stars drawn
-    faithfully within the ball read 0 in every shell outside it and too many inside)."""
+    particles in 1 kpc shells across it (sparse ones merged). Against the whole galaxy's
+    particles, stars drawn faithfully within the ball read 0 in every shell outside it and too
+    many inside."""
     rng = np.random.default_rng(5)
     pos = rng.normal(0.0, 5.0, (60_000, 3))
     plan = build_sphere_plan(pos, np.ones(len(pos)), np.arange(len(pos)), (-8.1, 0.0, 0.0), 3.5)
