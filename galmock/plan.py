@@ -66,8 +66,9 @@ class Region:
     ``centre``/``radius`` enclose the region's training particles: the flows' position
     preprocessing maps that ball onto R^3 for a sphere plan. ``margin_kpc`` is how far, per
     axis, the training volume reaches beyond the box. ``margin_keep`` is the fraction of the
-    margin's particles in the training set, each standing for ``1 / margin_keep`` particles
-    (its training weight, :meth:`RegionPlan.training_weights`); owned particles weigh 1.
+    margin's particles (of the tapered margin's, with ``RegionPlan.margin_taper``) in the
+    training set, each standing for ``1 / margin_keep`` particles (its training weight,
+    :meth:`RegionPlan.training_weights`); owned particles weigh 1.
     """
 
     id: int
@@ -198,8 +199,9 @@ class RegionPlan:
     ) -> np.ndarray:
         """Particles a region's flows train on: owned, plus (kept) within the margin of its box.
 
-        ``ids`` pick the kept margin particles of a thinned region (``margin_keep`` < 1).
-        Held-out particles are not removed here; combine with :func:`holdout_mask`.
+        ``ids`` pick the kept margin particles of a tapered plan or a thinned region
+        (``margin_keep`` < 1). Held-out particles are not removed here; combine with
+        :func:`holdout_mask`.
         """
         pos = np.asarray(pos, dtype=np.float64)
         owner = self.owner(pos) if owner is None else owner
@@ -220,9 +222,10 @@ class RegionPlan:
         """Sorted indices of a region's training particles, given each region's owned indices.
 
         Only regions whose boxes come within the margin can contribute, so this touches the
-        neighbours' particles rather than the whole galaxy. A thinned region keeps a margin
-        particle when a hash of its id (``ids``, by index), the plan's seed and the region falls
-        below ``margin_keep``: the same particles whatever the order or the number of ranks.
+        neighbours' particles rather than the whole galaxy. A tapered or thinned region keeps a
+        margin particle when a hash of its id (``ids``, by index), the plan's seed and the region
+        falls below ``margin_keep`` times its taper (:meth:`Region.margin_taper`, 1 untapered):
+        the same particles whatever the order or the number of ranks.
         """
         region = self.regions[region_id]
         if self.kind == "sphere":
@@ -232,7 +235,8 @@ class RegionPlan:
         margin = margin[region.expanded_contains(pos[margin])]
         if region.margin_keep < 1.0 or self.margin_taper:
             if ids is None:
-                raise ValueError(f"region {region_id} thins its margin: pass the particle ids")
+                raise ValueError(f"region {region_id} tapers or thins its margin: pass the "
+                                 "particle ids")
             margin = margin[margin_kept(ids[margin], self._keep(region, pos[margin]),
                                         self.holdout_seed, region_id)]
         return np.sort(np.concatenate([members[region_id], margin]))
@@ -466,9 +470,11 @@ def build_kdtree_plan(
 
     Each region's margin is ``margin_kpc`` per axis, or with ``margin_fraction`` that fraction
     of its owned particles' 5-95 percentile range per axis, capped at ``margin_kpc``. With
-    ``max_margin_ratio``, a region whose margin holds more than that many times its owned
-    training particles trains on a random subset of them of that size, weighted up to stand
-    for the rest (``margin_keep``).
+    ``margin_taper``, margin particles train with a probability falling from 1 at the face to
+    0 at the margin's edge (:meth:`Region.margin_taper`), unweighted. With
+    ``max_margin_ratio``, a region whose (kept) margin holds more than that many times its
+    owned training particles trains on a random subset of them of that size, weighted up to
+    stand for the rest (``margin_keep``).
     """
     pos = np.asarray(pos, dtype=np.float64)
     axes: list[int] = []

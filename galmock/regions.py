@@ -6,8 +6,9 @@ inherit from their parents. The plan stage writes them region after region into
 ``<run>/training.zarr`` (:func:`write_training_store`): a region's rows are one contiguous
 slice, in the order of their rows in ``particles.zarr``, so a rank reads only the region it is
 working on and its memory does not grow with the galaxy. Margins appear once per region that
-trains on them: the store holds the training sets' sum (1.67x the particles for 10^7 demo
-particles in 256 regions: 1.1 GB on disk against particles.zarr's 666 MB). Its attributes
+trains on them: the store holds the training sets' sum (1.46x the particles for 10^7 demo
+particles in 256 regions with the default tapered margins; 1.67x, 1.1 GB on disk against
+particles.zarr's 666 MB, with whole margins). Its attributes
 record the plan it was made for (a hash); a store from another plan is refused.
 
 Example:

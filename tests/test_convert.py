@@ -447,7 +447,7 @@ def test_a_worker_over_its_memory_limit_fails_the_stage_instead_of_hanging(tmp_p
         client.submit(hold_memory, 0.85, pure=False).result(timeout=60)
         # Paused, this would time out (and the stage hang); galmock's worker runs it.
         assert client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
-        doomed = client.submit(hold_memory, 1.5, pure=False)
+        doomed = client.submit(hold_memory, 100.0, pure=False)  # ends only when killed
         with pytest.raises(ConfigError, match=r"died 1 times .* convert\.memory_per_worker"):
             for _ in track([doomed], "convert"):
                 pass

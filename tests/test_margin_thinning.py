@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from galmock.config import FlowsConfig
+from galmock.config import FlowsConfig, default_config
 from galmock.demo import demo_particles
 from galmock.flows.training import _mean_nll, _weighted_draw, new_flow
 from galmock.plan import build_kdtree_plan, holdout_mask, read_plan
@@ -115,11 +115,14 @@ def test_a_region_with_every_owned_particle_held_out_keeps_its_margin() -> None:
 
 @pytest.fixture(scope="module")
 def tapered256(demo256):
-    """The same galaxy and regions with tapered margins of 7% of each region's size."""
+    """The same galaxy and regions with the default margins: tapered, 7% of each region's
+    size, at most 1 kpc."""
     pos, mass, ids, _, _ = demo256
     target = len(pos) // 256 + 1
-    return build_kdtree_plan(pos, mass, ids, target, 0.5, margin_fraction=0.07,
-                             margin_taper=True)
+    plan = default_config()["plan"]
+    assert plan["margin_taper"] and (plan["margin_fraction"], plan["margin_kpc"]) == (0.07, 1.0)
+    return build_kdtree_plan(pos, mass, ids, target, plan["margin_kpc"],
+                             margin_fraction=plan["margin_fraction"], margin_taper=True)
 
 
 def test_tapered_margins_bound_the_training_sets_at_256_regions(demo256, tapered256) -> None:
@@ -188,7 +191,7 @@ def test_tapered_plan_round_trips_and_thins_on_top(tmp_path, demo256) -> None:
     thinned further (keep x taper), weighted by 1 / keep."""
     pos, mass, ids, _, _ = demo256
     target = len(pos) // 256 + 1
-    both = build_kdtree_plan(pos, mass, ids, target, 0.5, margin_fraction=0.07,
+    both = build_kdtree_plan(pos, mass, ids, target, 1.0, margin_fraction=0.07,
                              margin_taper=True, max_margin_ratio=0.2)
     assert read_plan(both.write(tmp_path / "plan.json")) == both
     owned = sum(r.owned_particles for r in both.regions)

@@ -173,14 +173,18 @@ def _mpi_client(cfg: ConvertConfig) -> Iterator[Client]:
             f"got {size}; run under e.g. `mpiexec -n 4 galmock convert JOB`"
         )
     # exit=False: we stop the scheduler ourselves when the client is done, rather than from
-    # an atexit hook that would outlive it; the other ranks then leave here. The worker ranks
-    # run their worker inside initialize, under WORKER_DASK_CONFIG.
-    with dask.config.set(WORKER_DASK_CONFIG):
+    # an atexit hook that would outlive it; the other ranks then leave here. Each worker rank
+    # runs a nanny (which spawns the worker process with WORKER_MALLOC and WORKER_DASK_CONFIG,
+    # and terminates it at 95% of its memory limit) inside initialize.
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {**environ, **WORKER_MALLOC},
+                          **WORKER_DASK_CONFIG}):
         is_client = dask_mpi.initialize(
             interface=cfg.interface,
             nthreads=cfg.threads_per_worker,
             memory_limit=cfg.memory_per_worker,
             dashboard=False,
+            worker_class="distributed.Nanny",
             exit=False,
         )
     if not is_client:
@@ -208,9 +212,10 @@ def _wait_for_a_worker(client: Client, cfg: ConvertConfig) -> None:
 def track(futures: Iterable[Future], desc: str) -> Iterator[Future]:
     """Yield futures as they finish, with a progress bar on stderr.
 
-    A task whose workers all died running it (``KilledWorker``: a worker's nanny terminates it
-    at 95% of its memory limit) is a :class:`~galmock.errors.ConfigError` naming
-    ``convert.memory_per_worker``, not a traceback.
+    A task whose workers all died running it (``KilledWorker``: most often a worker's nanny
+    terminating it at 95% of its memory limit; also a lost node or a Slurm time limit) is a
+    :class:`~galmock.errors.ConfigError` naming ``convert.memory_per_worker``, not a
+    traceback.
     """
     futures = list(futures)
     bar = tqdm(total=len(futures), desc=desc, unit="task", mininterval=1.0, file=sys.stderr)
@@ -220,9 +225,9 @@ def track(futures: Iterable[Future], desc: str) -> Iterator[Future]:
             if future.status == "error" and isinstance(future.exception(), KilledWorker):
                 raise ConfigError(
                     f"{desc}: dask workers died {_allowed_failures() + 1} times running task "
-                    f"{future.key!r}; a worker is terminated at 95% of convert.memory_per_worker, "
-                    "so raise it (or lower upsample.chunk_rows) and run the stage again; the "
-                    "worker logs say more"
+                    f"{future.key!r}, most likely at their memory limit (a worker is terminated "
+                    "at 95% of convert.memory_per_worker): raise convert.memory_per_worker and "
+                    "run the stage again; the worker logs say why they died"
                 ) from future.exception()
             yield future
 

@@ -435,13 +435,17 @@ def radial_profile_report(
         return {"shells": [], "note": "no stars.zarr, or a magnitude-limited one and flows.kind "
                 "not among validate.upsamplers (its draws stand in for the stars)"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
-    covered = plan.owner(pos) >= 0
-    particle_r = np.sqrt((pos[covered] ** 2).sum(axis=1))
-    # A sphere plan's ball spans a few kpc of galactocentric radius: 1 kpc shells across it
-    # (the whole-galaxy edges would put it in two shells of very different widths).
-    edges = (np.arange(math.floor(particle_r.min()), math.ceil(particle_r.max()) + 1)
-             if plan.kind == "sphere" else DEFAULT_EDGES_KPC)
-    shells = radial_profile(particle_r, np.asarray(mass)[covered], star_r, edges)
+    mass = np.asarray(mass)
+    edges: Any = DEFAULT_EDGES_KPC
+    if plan.kind == "sphere":  # (a k-d plan covers every particle)
+        covered = plan.owner(pos) >= 0
+        pos, mass = pos[covered], mass[covered]
+    particle_r = np.sqrt((pos**2).sum(axis=1))
+    if plan.kind == "sphere":
+        # A ball spans a few kpc of galactocentric radius: 1 kpc shells across it (the
+        # whole-galaxy edges would put it in two shells of very different widths).
+        edges = np.arange(math.floor(particle_r.min()), math.floor(particle_r.max()) + 2)
+    shells = radial_profile(particle_r, mass, star_r, edges)
     worst = max(shells, key=lambda row: abs(row["z"]))
     return {"shells": shells, "source": source.format(len(star_r)),
             "worst": {k: worst[k] for k in ("r_lo_kpc", "r_hi_kpc", "ratio", "z")}}
