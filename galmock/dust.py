@@ -51,6 +51,10 @@ _LEVELS = 2.0 * np.arange(1, 7)
 # Path lengths (kpc) where long paths are broken too: R(s) varies along them. Like every break
 # but the last, independent of the star's distance, so A0 grows with it (no quadrature wiggle).
 _DISTANCES = np.array([1.5, 3.0, 5.0, 8.0, 12.0, 18.0, 27.0, 40.0])
+#: Sight lines integrated at once: the quadrature holds ~100 nodes per line in several float64
+#: arrays (~10 kB per star), so a million stars at once would take ~10 GB (the demo's upsample
+#: peaked at 2.1 GB on 150k lines); blocks bound it to ~150 MB, with the same values per line.
+_BLOCK_LINES = 16384
 
 
 class DustModel(Protocol):
@@ -104,6 +108,13 @@ class ExponentialDustDisk:
         pos = np.asarray(stars, dtype=np.float64).reshape(-1, 3)
         if self.a0_per_kpc == 0 or len(pos) == 0:
             return np.zeros(len(pos))
+        if len(pos) > _BLOCK_LINES:
+            return np.concatenate([self._a0(obs, pos[i:i + _BLOCK_LINES])
+                                   for i in range(0, len(pos), _BLOCK_LINES)])
+        return self._a0(obs, pos)
+
+    def _a0(self, obs: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """:meth:`a0` of one block of sight lines."""
         delta = pos - obs
         d = np.linalg.norm(delta, axis=1)
         u = delta / np.where(d > 0, d, 1.0)[:, None]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from galmock.dust import ExponentialDustDisk
+from galmock.dust import _BLOCK_LINES, ExponentialDustDisk
 from galmock.errors import InputError
 
 OBSERVER = np.array([-8.122, 0.0, 0.0208])
@@ -78,3 +78,15 @@ def test_in_plane_near_the_observer_it_is_the_local_rate() -> None:
 def test_bad_parameters_are_refused_by_name(kwargs, message) -> None:
     with pytest.raises(InputError, match=message):
         ExponentialDustDisk(**kwargs)
+
+
+def test_blocks_of_sight_lines_give_each_line_its_own_value() -> None:
+    """A0 is integrated in blocks of sight lines (bounded memory): every line gets the value
+    it gets on its own, whatever block it falls in."""
+    dust = ExponentialDustDisk()
+    stars = np.random.default_rng(11).normal(0.0, 6.0, (_BLOCK_LINES + 3001, 3))
+    whole = dust.a0(OBSERVER, stars)
+    alone = np.concatenate([dust.a0(OBSERVER, stars[i:i + 997])
+                            for i in range(0, len(stars), 997)])
+    np.testing.assert_array_equal(whole, alone)
+    assert len(whole) == len(stars) and (whole > 0).all()
