@@ -436,12 +436,11 @@ def radial_profile_report(
                 "not among validate.upsamplers (its draws stand in for the stars)"}
     star_r = np.sqrt(stars["x"] ** 2 + stars["y"] ** 2 + stars["z"] ** 2)
     mass = np.asarray(mass)
-    edges: Any = DEFAULT_EDGES_KPC
-    if plan.kind == "sphere":  # (a k-d plan covers every particle)
-        covered = plan.owner(pos) >= 0
-        pos, mass = pos[covered], mass[covered]
     particle_r = np.sqrt((pos**2).sum(axis=1))
+    edges: Any = DEFAULT_EDGES_KPC  # a k-d plan covers every particle
     if plan.kind == "sphere":
+        covered = plan.owner(pos) >= 0
+        particle_r, mass = particle_r[covered], mass[covered]
         # A ball spans a few kpc of galactocentric radius: 1 kpc shells across it (the
         # whole-galaxy edges would put it in two shells of very different widths).
         edges = np.arange(math.floor(particle_r.min()), math.floor(particle_r.max()) + 2)
